@@ -1,0 +1,1 @@
+//! JWKS discovery, fetching and caching. (Stub: being written.)

@@ -1,0 +1,1 @@
+//! JWT parsing and verification. (Stub: being written.)

@@ -1,0 +1,1 @@
+//! The MONGODB-OIDC SASL conversation. (Stub: being written.)

@@ -1,0 +1,1 @@
+//! Authorisation: grants that map an authenticated identity to a backend identity.

@@ -1,0 +1,1 @@
+//! Connections to the backend mongod. (Stub: being written.)
