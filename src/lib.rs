@@ -9,6 +9,7 @@
 //! - [`backend`]: connections to mongod and the proxy's own SCRAM sign-in.
 //! - [`session`]: one client connection's life, composing the above.
 //! - [`server`]: listener, TLS, connection limits, shutdown.
+//! - [`errors`]: MongoDB error codes and replies.
 //! - [`metrics`], [`config`]: observability and configuration.
 //! - [`devidp`], [`demo`]: a development identity provider and the demo launcher.
 
@@ -18,6 +19,7 @@ pub mod backend;
 pub mod config;
 pub mod demo;
 pub mod devidp;
+pub mod errors;
 pub mod metrics;
 pub mod server;
 pub mod session;
