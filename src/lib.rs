@@ -18,6 +18,7 @@ pub mod authz;
 pub mod backend;
 pub mod config;
 pub mod demo;
+pub mod devcerts;
 pub mod devidp;
 pub mod errors;
 pub mod metrics;

@@ -1,1 +1,183 @@
-fn main() {}
+//! The `mongo-oidc-proxy` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mongo_oidc_proxy::config::{Config, LogFormat};
+
+/// A TLS-terminating MongoDB proxy that signs clients in with MONGODB-OIDC.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// The TOML config file to run with (see README.md for every field).
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        env = "MONGO_OIDC_PROXY_CONFIG"
+    )]
+    config: Option<PathBuf>,
+
+    /// Log format; overrides the config's [log] format.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+
+    /// Log filter, e.g. "info" or "mongo_oidc_proxy=debug"; overrides [log] level and RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate a config file and exit non-zero naming the first bad field.
+    Check {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Write a development CA, server and client certificates into a folder.
+    DevCerts {
+        /// Folder to write ca.pem, server.pem, server.key, client.pem, client.key into.
+        #[arg(long, value_name = "DIR", default_value = "certs")]
+        out: PathBuf,
+        /// Extra host names or addresses for the server certificate (localhost, 127.0.0.1 and ::1 are always included).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
+    /// Run a self-contained demo: dev certificates, a built-in development
+    /// identity provider, a SecantusDB backend (unless --backend-uri is given)
+    /// and the proxy, all on loopback.
+    Demo(mongo_oidc_proxy::demo::DemoArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format_override = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    match cli.command {
+        Some(Command::Check { config }) => check(&config),
+        Some(Command::DevCerts { out, hosts }) => dev_certs(&out, &hosts),
+        Some(Command::Demo(args)) => {
+            init_logging(
+                format_override.unwrap_or_default(),
+                cli.log_level.as_deref(),
+            );
+            block_on(async move { mongo_oidc_proxy::demo::run(args).await })
+        }
+        None => {
+            let Some(path) = cli.config else {
+                eprintln!("error: --config FILE is required to run the proxy (or try `mongo-oidc-proxy demo`, or --help)");
+                return ExitCode::from(2);
+            };
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(
+                format_override.unwrap_or(config.log.format),
+                cli.log_level.as_deref().or(config.log.level.as_deref()),
+            );
+            block_on(async move {
+                match mongo_oidc_proxy::server::start(config).await {
+                    Ok(running) => {
+                        running.run_until_signal().await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        }
+    }
+}
+
+fn block_on(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path).and_then(|c| {
+        mongo_oidc_proxy::authz::Grants::from_config(
+            &c.grant,
+            mongo_oidc_proxy::authz::Secrets::Resolve,
+        )
+        .map(|_| c)
+    }) {
+        Ok(c) => {
+            println!(
+                "{}: OK ({} identity provider(s), {} grant(s), listening on {})",
+                path.display(),
+                c.identity_provider.len(),
+                c.grant.len(),
+                c.listen.address
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dev_certs(out: &std::path::Path, hosts: &[String]) -> ExitCode {
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    match mongo_oidc_proxy::devcerts::generate(out, &hosts) {
+        Ok(paths) => {
+            println!(
+                "wrote development certificates to {} (CA: {})",
+                out.display(),
+                paths.ca.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

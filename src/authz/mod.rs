@@ -25,7 +25,9 @@ pub struct BackendIdentity {
 impl fmt::Debug for BackendIdentity {
     // The password never reaches a log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackendIdentity").field("user", &self.user).finish_non_exhaustive()
+        f.debug_struct("BackendIdentity")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
     }
 }
 
@@ -46,7 +48,10 @@ struct Grant {
 /// The outcome of [`Grants::decide`].
 #[derive(Debug, Clone)]
 pub enum Decision {
-    Granted { grant: usize, backend: Arc<BackendIdentity> },
+    Granted {
+        grant: usize,
+        backend: Arc<BackendIdentity>,
+    },
     Denied,
 }
 
@@ -90,8 +95,13 @@ impl Grants {
         self.rules
             .iter()
             .enumerate()
-            .find(|(_, g)| names(&g.subject) && g.allows_source(peer) && g.expires.is_none_or(|e| now < e))
-            .map_or(Decision::Denied, |(grant, g)| Decision::Granted { grant, backend: g.backend.clone() })
+            .find(|(_, g)| {
+                names(&g.subject) && g.allows_source(peer) && g.expires.is_none_or(|e| now < e)
+            })
+            .map_or(Decision::Denied, |(grant, g)| Decision::Granted {
+                grant,
+                backend: g.backend.clone(),
+            })
     }
 }
 
@@ -107,21 +117,26 @@ impl Grant {
 
 fn parse_grant(i: usize, g: &GrantConfig, secrets: Secrets) -> Result<Grant, ConfigError> {
     let field = |name: &str| format!("grant[{i}].{name}");
-    let subject = match (&g.role, &g.user) {
-        (Some(r), None) if !r.is_empty() => Subject::Role(r.clone()),
-        (None, Some(u)) if !u.is_empty() => Subject::User(u.clone()),
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new(field("role"), "set either role or user, not both; use two grants for both"))
-        }
-        _ => {
-            return Err(ConfigError::new(
+    let subject =
+        match (&g.role, &g.user) {
+            (Some(r), None) if !r.is_empty() => Subject::Role(r.clone()),
+            (None, Some(u)) if !u.is_empty() => Subject::User(u.clone()),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    field("role"),
+                    "set either role or user, not both; use two grants for both",
+                ))
+            }
+            _ => return Err(ConfigError::new(
                 field("role"),
                 "a grant needs a non-empty role (\"prefix/group\") or user (\"prefix/principal\")",
-            ))
-        }
-    };
+            )),
+        };
     if g.backend_user.is_empty() {
-        return Err(ConfigError::new(field("backend_user"), "must name a backend user"));
+        return Err(ConfigError::new(
+            field("backend_user"),
+            "must name a backend user",
+        ));
     }
     let password = match secrets {
         Secrets::Resolve => resolve_password(i, g)?,
@@ -133,19 +148,37 @@ fn parse_grant(i: usize, g: &GrantConfig, secrets: Secrets) -> Result<Grant, Con
     let client_source = g
         .client_source
         .iter()
-        .map(|s| parse_source(s).ok_or_else(|| ConfigError::new(field("client_source"), format!("'{s}' is not an IP address or CIDR block such as 10.0.0.0/8"))))
+        .map(|s| {
+            parse_source(s).ok_or_else(|| {
+                ConfigError::new(
+                    field("client_source"),
+                    format!("'{s}' is not an IP address or CIDR block such as 10.0.0.0/8"),
+                )
+            })
+        })
         .collect::<Result<_, _>>()?;
     let expires = g
         .expires
         .as_deref()
         .map(|t| {
             humantime::parse_rfc3339(t).map_err(|e| {
-                ConfigError::new(field("expires"), format!("'{t}' is not an RFC 3339 UTC time such as 2026-12-31T00:00:00Z ({e})"))
+                ConfigError::new(
+                    field("expires"),
+                    format!("'{t}' is not an RFC 3339 UTC time such as 2026-12-31T00:00:00Z ({e})"),
+                )
             })
         })
         .transpose()?;
-    let backend = Arc::new(BackendIdentity { user: g.backend_user.clone(), password });
-    Ok(Grant { subject, backend, client_source, expires })
+    let backend = Arc::new(BackendIdentity {
+        user: g.backend_user.clone(),
+        password,
+    });
+    Ok(Grant {
+        subject,
+        backend,
+        client_source,
+        expires,
+    })
 }
 
 enum PasswordSource<'a> {
@@ -183,7 +216,9 @@ fn resolve_password(i: usize, g: &GrantConfig) -> Result<String, ConfigError> {
 }
 
 fn parse_source(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 #[cfg(test)]
@@ -228,11 +263,20 @@ mod tests {
         )
         .unwrap();
         let now = SystemTime::now();
-        assert_eq!(granted_user(grants.decide(&alice(&["okta/dba"]), LOCAL, now)).as_deref(), Some("dba"));
-        assert_eq!(granted_user(grants.decide(&alice(&["okta/readers"]), LOCAL, now)).as_deref(), Some("alice_rw"));
+        assert_eq!(
+            granted_user(grants.decide(&alice(&["okta/dba"]), LOCAL, now)).as_deref(),
+            Some("dba")
+        );
+        assert_eq!(
+            granted_user(grants.decide(&alice(&["okta/readers"]), LOCAL, now)).as_deref(),
+            Some("alice_rw")
+        );
         let mut bob = alice(&["okta/readers"]);
         bob.user = "okta/bob".into();
-        assert_eq!(granted_user(grants.decide(&bob, LOCAL, now)).as_deref(), Some("reader"));
+        assert_eq!(
+            granted_user(grants.decide(&bob, LOCAL, now)).as_deref(),
+            Some("reader")
+        );
         bob.roles = vec!["other/readers".into(), "okta/dbax".into()];
         assert!(granted_user(grants.decide(&bob, LOCAL, now)).is_none());
         assert!(granted_user(Grants::default().decide(&alice(&[]), LOCAL, now)).is_none());
@@ -252,7 +296,9 @@ mod tests {
         let after = before + Duration::from_secs(1);
         let id = alice(&["okta/dba"]);
         assert!(granted_user(grants.decide(&id, "10.1.2.3".parse().unwrap(), before)).is_some());
-        assert!(granted_user(grants.decide(&id, "::ffff:10.1.2.3".parse().unwrap(), before)).is_some());
+        assert!(
+            granted_user(grants.decide(&id, "::ffff:10.1.2.3".parse().unwrap(), before)).is_some()
+        );
         assert!(granted_user(grants.decide(&id, LOCAL, before)).is_some());
         assert!(granted_user(grants.decide(&id, "192.168.1.1".parse().unwrap(), before)).is_none());
         assert!(granted_user(grants.decide(&id, LOCAL, after)).is_none());
@@ -273,21 +319,44 @@ mod tests {
             assert_eq!(err.to_string(), want);
         }
         let err = Grants::from_config(&[grant("role = 'a/b'\nbackend_user = 'x'\nbackend_password_env = 'P'\nexpires = 'tomorrow'")], Secrets::Skip).unwrap_err();
-        assert!(err.to_string().starts_with("grant[0].expires: 'tomorrow' is not an RFC 3339 UTC time"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("grant[0].expires: 'tomorrow' is not an RFC 3339 UTC time"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_secrets_are_named() {
         std::env::remove_var("MOP_TEST_UNSET");
-        let err = Grants::from_config(&[grant("role = 'a/b'\nbackend_user = 'dba'\nbackend_password_env = 'MOP_TEST_UNSET'")], Secrets::Resolve).unwrap_err();
+        let err = Grants::from_config(
+            &[grant(
+                "role = 'a/b'\nbackend_user = 'dba'\nbackend_password_env = 'MOP_TEST_UNSET'",
+            )],
+            Secrets::Resolve,
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "grant[0].backend_password_env: environment variable MOP_TEST_UNSET is not set; export it with backend user 'dba''s password");
-        let err = Grants::from_config(&[grant("role = 'a/b'\nbackend_user = 'dba'\nbackend_password_file = '/nonexistent/pw'")], Secrets::Resolve).unwrap_err();
-        assert!(err.to_string().starts_with("grant[0].backend_password_file: cannot read /nonexistent/pw:"), "{err}");
+        let err = Grants::from_config(
+            &[grant(
+                "role = 'a/b'\nbackend_user = 'dba'\nbackend_password_file = '/nonexistent/pw'",
+            )],
+            Secrets::Resolve,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("grant[0].backend_password_file: cannot read /nonexistent/pw:"),
+            "{err}"
+        );
     }
 
     #[test]
     fn debug_output_hides_the_password() {
-        let b = BackendIdentity { user: "dba".into(), password: "hunter2".into() };
+        let b = BackendIdentity {
+            user: "dba".into(),
+            password: "hunter2".into(),
+        };
         assert!(!format!("{b:?}").contains("hunter2"));
     }
 }

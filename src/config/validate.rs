@@ -13,7 +13,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { field: field.into(), message: message.into() }
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     pub(crate) fn from_toml(e: toml::de::Error) -> Self {
@@ -27,33 +30,59 @@ const MIN_MESSAGE_SIZE: usize = 1 << 20;
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     let listen = &config.listen;
     if listen.client_cert_mode.is_some() && listen.client_ca.is_none() {
-        return Err(ConfigError::new("listen.client_cert_mode", "needs listen.client_ca, the CA that signs client certificates"));
+        return Err(ConfigError::new(
+            "listen.client_cert_mode",
+            "needs listen.client_ca, the CA that signs client certificates",
+        ));
     }
     if config.backend.uri.trim().is_empty() {
-        return Err(ConfigError::new("backend.uri", "must be a mongodb:// URI such as mongodb://127.0.0.1:27018/"));
+        return Err(ConfigError::new(
+            "backend.uri",
+            "must be a mongodb:// URI such as mongodb://127.0.0.1:27018/",
+        ));
     }
     if config.backend.connect_timeout_ms == 0 {
-        return Err(ConfigError::new("backend.connect_timeout_ms", "must be at least 1"));
+        return Err(ConfigError::new(
+            "backend.connect_timeout_ms",
+            "must be at least 1",
+        ));
     }
     let limits = &config.limits;
-    if !(MIN_MESSAGE_SIZE..=crate::wire::DEFAULT_MAX_MESSAGE_SIZE).contains(&limits.max_message_size) {
+    if !(MIN_MESSAGE_SIZE..=crate::wire::DEFAULT_MAX_MESSAGE_SIZE)
+        .contains(&limits.max_message_size)
+    {
         return Err(ConfigError::new(
             "limits.max_message_size",
-            format!("must be between {MIN_MESSAGE_SIZE} and {} bytes", crate::wire::DEFAULT_MAX_MESSAGE_SIZE),
+            format!(
+                "must be between {MIN_MESSAGE_SIZE} and {} bytes",
+                crate::wire::DEFAULT_MAX_MESSAGE_SIZE
+            ),
         ));
     }
     if limits.max_connections == 0 {
-        return Err(ConfigError::new("limits.max_connections", "must be at least 1"));
+        return Err(ConfigError::new(
+            "limits.max_connections",
+            "must be at least 1",
+        ));
     }
     if limits.auth_timeout_secs == 0 {
-        return Err(ConfigError::new("limits.auth_timeout_secs", "must be at least 1"));
+        return Err(ConfigError::new(
+            "limits.auth_timeout_secs",
+            "must be at least 1",
+        ));
     }
     if config.identity_provider.is_empty() {
-        return Err(ConfigError::new("identity_provider", "configure at least one [[identity_provider]]; without one nobody can sign in"));
+        return Err(ConfigError::new(
+            "identity_provider",
+            "configure at least one [[identity_provider]]; without one nobody can sign in",
+        ));
     }
     super::identity_provider::validate(&config.identity_provider)?;
     if config.grant.is_empty() {
-        return Err(ConfigError::new("grant", "configure at least one [[grant]]; without one every session is refused"));
+        return Err(ConfigError::new(
+            "grant",
+            "configure at least one [[grant]]; without one every session is refused",
+        ));
     }
     Grants::from_config(&config.grant, Secrets::Skip)?;
     Ok(())

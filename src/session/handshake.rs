@@ -1,0 +1,130 @@
+//! The proxy's own `hello`/`isMaster` reply: mongos-like, with limits and
+//! wire versions from the backend and nothing of its topology.
+
+use bson::raw::{cstr, RawBsonRef};
+use bson::{RawDocument, RawDocumentBuf};
+
+use crate::backend::ServerInfo;
+use crate::errors::MongoError;
+
+/// The handshake command names, matched case-insensitively as drivers vary.
+pub fn is_handshake(name: &str) -> bool {
+    name.eq_ignore_ascii_case("hello") || name.eq_ignore_ascii_case("ismaster")
+}
+
+/// What the client's hello asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HelloRequest<'a> {
+    /// `hello` (true) answers `isWritablePrimary`; the legacy names answer `ismaster`.
+    pub is_hello: bool,
+    pub hello_ok: bool,
+    pub load_balanced: bool,
+    pub sasl_supported_mechs: bool,
+    pub speculative: Option<&'a RawDocument>,
+}
+
+/// Reads the fields of a hello that change the reply, with mongod's checks on
+/// `speculativeAuthenticate`.
+pub fn parse_hello<'a>(name: &str, body: &'a RawDocument) -> Result<HelloRequest<'a>, MongoError> {
+    let mut req = HelloRequest {
+        is_hello: name == "hello",
+        ..Default::default()
+    };
+    for element in body.iter() {
+        let (key, value) = element.map_err(|e| MongoError::invalid_bson(e.to_string()))?;
+        match key.as_str() {
+            "helloOk" => req.hello_ok = truthy(value),
+            "loadBalanced" => req.load_balanced = truthy(value),
+            "saslSupportedMechs" => req.sasl_supported_mechs = true,
+            "speculativeAuthenticate" => match value {
+                RawBsonRef::Document(doc) if doc.iter().next().is_some() => {
+                    req.speculative = Some(doc)
+                }
+                _ => {
+                    return Err(MongoError::bad_value(format!(
+                        "{}.speculativeAuthenticate must be a non-empty Object",
+                        if req.is_hello { "hello" } else { "isMaster" }
+                    )))
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok(req)
+}
+
+fn truthy(v: RawBsonRef<'_>) -> bool {
+    match v {
+        RawBsonRef::Boolean(b) => b,
+        RawBsonRef::Int32(i) => i != 0,
+        RawBsonRef::Int64(i) => i != 0,
+        RawBsonRef::Double(d) => d != 0.0,
+        _ => false,
+    }
+}
+
+/// Per-process values that stay the same across connections.
+#[derive(Debug, Clone)]
+pub struct ProxyIdentity {
+    /// Returned as `serviceId` to load-balanced clients.
+    pub service_id: bson::oid::ObjectId,
+    /// The largest message the proxy accepts from a client.
+    pub max_message_size: usize,
+}
+
+/// Builds the hello reply. `speculative` is the answer to a
+/// `speculativeAuthenticate` that succeeded, if any.
+pub fn hello_reply(
+    req: &HelloRequest<'_>,
+    info: &ServerInfo,
+    proxy: &ProxyIdentity,
+    connection_id: i32,
+    speculative: Option<RawDocumentBuf>,
+) -> RawDocumentBuf {
+    let max_message =
+        (info.max_message_size_bytes.max(0) as usize).min(proxy.max_message_size) as i32;
+    let mut doc = RawDocumentBuf::new();
+    if req.hello_ok {
+        doc.append(cstr!("helloOk"), true);
+    }
+    doc.append(
+        if req.is_hello {
+            cstr!("isWritablePrimary")
+        } else {
+            cstr!("ismaster")
+        },
+        true,
+    );
+    doc.append(cstr!("msg"), "isdbgrid");
+    doc.append(cstr!("maxBsonObjectSize"), info.max_bson_object_size);
+    doc.append(cstr!("maxMessageSizeBytes"), max_message);
+    doc.append(cstr!("maxWriteBatchSize"), info.max_write_batch_size);
+    doc.append(cstr!("localTime"), bson::DateTime::now());
+    if let Some(minutes) = info.logical_session_timeout_minutes {
+        doc.append(cstr!("logicalSessionTimeoutMinutes"), minutes);
+    }
+    doc.append(cstr!("connectionId"), connection_id);
+    doc.append(cstr!("minWireVersion"), info.min_wire_version);
+    doc.append(cstr!("maxWireVersion"), info.max_wire_version);
+    doc.append(cstr!("readOnly"), false);
+    if req.load_balanced {
+        doc.append(cstr!("serviceId"), proxy.service_id);
+    }
+    if req.sasl_supported_mechs {
+        let mut mechs = bson::RawArrayBuf::new();
+        mechs.push(crate::auth::oidc::MECHANISM);
+        doc.append(cstr!("saslSupportedMechs"), mechs);
+    }
+    if let Some(spec) = speculative {
+        doc.append(cstr!("speculativeAuthenticate"), spec);
+    }
+    doc.append(cstr!("ok"), 1.0);
+    doc
+}
+
+/// Reply to a handshake that failed because the backend could not be probed.
+pub fn backend_unavailable(detail: &str) -> MongoError {
+    MongoError::host_unreachable(format!(
+        "mongo-oidc-proxy cannot reach its backend: {detail}"
+    ))
+}
