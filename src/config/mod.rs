@@ -225,3 +225,93 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[listen]
+address = "127.0.0.1:27017"
+tls_cert = "certs/server.pem"
+tls_key = "certs/server.key"
+
+[backend]
+uri = "mongodb://127.0.0.1:27018/"
+
+[[identity_provider]]
+issuer = "https://idp.example.com"
+audience = "api://mongodb"
+auth_name_prefix = "okta"
+client_id = "abc"
+
+[[grant]]
+role = "okta/dba"
+backend_user = "dba"
+backend_password_env = "DBA_PASSWORD"
+"#;
+
+    #[test]
+    fn parses_the_contract_example_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        let idp = &c.identity_provider[0];
+        assert_eq!(idp.principal_name, "sub");
+        assert_eq!(idp.authorization_claim, "groups");
+        assert!(idp.use_authorization_claim && idp.supports_human_flows);
+        assert_eq!((idp.jwks_poll_secs, idp.jwks_min_quiesce_secs), (0, 60));
+        assert_eq!(idp.log_claims, ["iss", "sub"]);
+        assert_eq!(c.limits.max_message_size, 48_000_000);
+        assert_eq!(c.backend.auth_source, "admin");
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        Config::parse(include_str!("../../config.example.toml")).unwrap();
+    }
+
+    #[test]
+    fn resolves_relative_paths_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.listen.tls_cert, dir.path().join("certs/server.pem"));
+    }
+
+    fn error_for(edit: impl Fn(&str) -> String) -> String {
+        Config::parse(&edit(GOOD)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn refuses_bad_values_naming_the_field() {
+        let cases: Vec<(Box<dyn Fn(&str) -> String>, &str)> = vec![
+            (Box::new(|s| s.replace("uri = \"mongodb://127.0.0.1:27018/\"", "uri = \"\"")), "backend.uri: must be a mongodb:// URI such as mongodb://127.0.0.1:27018/"),
+            (Box::new(|s| format!("{s}\n[limits]\nmax_message_size = 10\n")), "limits.max_message_size: must be between 1048576 and 48000000 bytes"),
+            (Box::new(|s| format!("{s}\n[limits]\nmax_connections = 0\n")), "limits.max_connections: must be at least 1"),
+            (Box::new(|s| format!("{s}\n[limits]\nauth_timeout_secs = 0\n")), "limits.auth_timeout_secs: must be at least 1"),
+            (Box::new(|s| s.replace("tls_key = \"certs/server.key\"", "tls_key = \"certs/server.key\"\nclient_cert_mode = \"required\"")), "listen.client_cert_mode: needs listen.client_ca, the CA that signs client certificates"),
+            (Box::new(|s| s[..s.find("[[identity_provider]]").unwrap()].to_string() + &s[s.find("[[grant]]").unwrap()..]), "identity_provider: configure at least one [[identity_provider]]; without one nobody can sign in"),
+            (Box::new(|s| s[..s.find("[[grant]]").unwrap()].to_string()), "grant: configure at least one [[grant]]; without one every session is refused"),
+        ];
+        for (edit, want) in cases {
+            assert_eq!(error_for(edit), want);
+        }
+    }
+
+    #[test]
+    fn refuses_unknown_fields_and_wrong_types_with_toml_location() {
+        let err = error_for(|s| s.replace("auth_name_prefix", "authNamePrefix"));
+        assert!(err.starts_with("config: TOML parse error at line"), "{err}");
+        assert!(err.contains("unknown field `authNamePrefix`"), "{err}");
+        let err = error_for(|s| s.replace("address = \"127.0.0.1:27017\"", "address = \"nowhere\""));
+        assert!(err.contains("invalid socket address syntax"), "{err}");
+        let err = error_for(|s| format!("{s}\n[log]\nformat = \"xml\"\n"));
+        assert!(err.contains("unknown variant `xml`, expected `text` or `json`"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = Config::load(Path::new("/nonexistent/proxy.toml")).unwrap_err();
+        assert!(err.to_string().starts_with("/nonexistent/proxy.toml: cannot read the config file:"), "{err}");
+    }
+}
