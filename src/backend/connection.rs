@@ -287,6 +287,13 @@ impl BackendConnection {
             .await
             .map_err(|e| e.into_auth(user, auth_source))?;
         let mut step = SaslReply::parse(&self.addr, &reply)?;
+        if step.done {
+            // Success before we proved anything or the server did: not SCRAM.
+            return Err(BackendError::Protocol {
+                addr: self.addr.clone(),
+                detail: "saslStart reply says done before the SCRAM exchange".into(),
+            });
+        }
         let final_msg = conv
             .client_final(SaslReply::payload(&self.addr, &reply)?, cache)
             .map_err(scram_err)?;
@@ -401,4 +408,136 @@ pub(crate) fn check_ok(addr: &str, command: &str, reply: &RawDocument) -> Result
         code_name: text("codeName"),
         errmsg: text("errmsg"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bson::rawdoc;
+
+    use super::*;
+    use crate::backend::mock::{self, MockReply};
+
+    async fn conn_to(handler: mock::Handler) -> BackendConnection {
+        let port = mock::serve(handler).await;
+        BackendConnection::connect("127.0.0.1", port, None, Duration::from_secs(2))
+            .await
+            .unwrap()
+    }
+
+    async fn ping_err(reply: fn() -> MockReply) -> String {
+        let mut c = conn_to(Arc::new(move |_, _| reply())).await;
+        c.command(&rawdoc! { "ping": 1, "$db": "admin" })
+            .await
+            .unwrap_err()
+            .to_string()
+            .replace(c.addr(), "ADDR")
+    }
+
+    #[tokio::test]
+    async fn command_errors_are_reported_with_code_and_host() {
+        assert_eq!(
+            ping_err(|| MockReply::Doc(rawdoc! {
+                "ok": 0.0, "code": 13, "codeName": "Unauthorized", "errmsg": "command ping requires authentication",
+            }))
+            .await,
+            "backend ADDR: command ping failed: command ping requires authentication (Unauthorized, code 13)"
+        );
+        assert_eq!(
+            ping_err(|| MockReply::WrongResponseTo(rawdoc! { "ok": 1 })).await,
+            "backend ADDR: unexpected reply: reply to ping answers request 101 instead of 1"
+        );
+        assert_eq!(
+            ping_err(|| MockReply::WrongOpcode).await,
+            "backend ADDR: unexpected reply: reply to ping has opcode 1, expected OP_MSG"
+        );
+        assert_eq!(
+            ping_err(|| MockReply::Close).await,
+            "backend ADDR: the server closed the connection"
+        );
+        // No ok field at all is a failure, not a success.
+        assert_eq!(
+            ping_err(|| MockReply::Doc(rawdoc! { "x": 1 })).await,
+            "backend ADDR: command ping failed:  (, code -1)"
+        );
+    }
+
+    /// Answers saslStart with `first(client_nonce)` and saslContinue with `fin`.
+    fn sasl(first: fn(&str) -> RawDocumentBuf, fin: fn() -> RawDocumentBuf) -> mock::Handler {
+        Arc::new(move |name, body| match name {
+            "saslStart" => {
+                let payload = body.get_binary("payload").map(|b| b.bytes).unwrap_or(&[]);
+                let text = String::from_utf8_lossy(payload);
+                let nonce = text.rsplit("r=").next().unwrap_or("").to_string();
+                MockReply::Doc(first(&nonce))
+            }
+            "saslContinue" => MockReply::Doc(fin()),
+            _ => MockReply::Close,
+        })
+    }
+
+    fn sasl_reply(done: bool, payload: &str) -> RawDocumentBuf {
+        rawdoc! {
+            "conversationId": 1, "done": done,
+            "payload": bson::Binary { subtype: BinarySubtype::Generic, bytes: payload.as_bytes().to_vec() },
+            "ok": 1.0,
+        }
+    }
+
+    async fn auth_err(handler: mock::Handler) -> String {
+        let mut c = conn_to(handler).await;
+        c.authenticate_scram_sha256("u", "secret-pw", "admin", &SaltedPasswordCache::new())
+            .await
+            .unwrap_err()
+            .to_string()
+            .replace(c.addr(), "ADDR")
+    }
+
+    #[tokio::test]
+    async fn bad_sasl_conversations_fail_clearly() {
+        let ok_first = |n: &str| sasl_reply(false, &format!("r={n}srv,s=c2FsdA==,i=4096"));
+        assert_eq!(
+            auth_err(sasl(
+                |_| rawdoc! { "ok": 0, "code": 18, "codeName": "AuthenticationFailed", "errmsg": "authentication failed" },
+                || rawdoc! {}
+            ))
+            .await,
+            "backend ADDR: authentication as 'u' on 'admin' failed: authentication failed \
+             (AuthenticationFailed, code 18); check the grant's backend_user and backend_password_env, \
+             backend.auth_source, and that the user has SCRAM-SHA-256 credentials"
+        );
+        assert_eq!(
+            auth_err(sasl(|_| sasl_reply(true, ""), || rawdoc! {})).await,
+            "backend ADDR: unexpected reply: saslStart reply says done before the SCRAM exchange"
+        );
+        assert_eq!(
+            auth_err(sasl(
+                |_| sasl_reply(false, "r=other,s=c2FsdA==,i=4096"),
+                || rawdoc! {}
+            ))
+            .await,
+            "backend ADDR: SCRAM-SHA-256 as 'u' on 'admin': the server nonce does not extend the \
+             client nonce; the reply is not for this conversation"
+        );
+        assert_eq!(
+            auth_err(sasl(ok_first, || sasl_reply(true, "v=AAAA"))).await,
+            "backend ADDR: SCRAM-SHA-256 as 'u' on 'admin': the server signature does not match; \
+             the server does not know this user's credentials"
+        );
+        assert_eq!(
+            auth_err(sasl(
+                ok_first,
+                || rawdoc! { "conversationId": 1, "done": true, "ok": 1 }
+            ))
+            .await,
+            "backend ADDR: unexpected reply: SASL reply has no binary payload"
+        );
+        assert_eq!(
+            auth_err(sasl(|_| rawdoc! { "done": false, "ok": 1 }, || rawdoc! {})).await,
+            "backend ADDR: unexpected reply: SASL reply has no integer conversationId"
+        );
+        let e = auth_err(sasl(ok_first, || sasl_reply(true, "v=AAAA"))).await;
+        assert!(!e.contains("secret-pw"));
+    }
 }

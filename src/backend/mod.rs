@@ -11,6 +11,8 @@
 
 pub mod connection;
 pub mod info;
+#[cfg(test)]
+mod mock;
 pub mod scram;
 pub mod uri;
 
@@ -39,6 +41,8 @@ const COMMAND_NOT_FOUND: i32 = 59;
 pub enum BackendError {
     #[error(transparent)]
     Uri(#[from] UriError),
+    #[error("{0}")]
+    Config(String),
     #[error("backend {addr}: connection refused; is mongod running and is backend.uri right?")]
     ConnectRefused { addr: String },
     #[error("backend {addr}: cannot resolve the host name ({detail}); check backend.uri")]
@@ -179,14 +183,19 @@ impl Backend {
     pub fn new(config: &BackendConfig) -> Result<Backend, BackendError> {
         let settings = BackendSettings::parse(&config.uri)?;
         if config.auth_source.is_empty() {
-            return Err(BackendError::Uri(UriError(
-                "backend.auth_source is empty".into(),
-            )));
+            return Err(BackendError::Config(
+                "backend.auth_source is empty; name the database the backend users are defined in (usually admin)".into(),
+            ));
         }
+        if config.connect_timeout_ms == 0 {
+            return Err(BackendError::Config(
+                "backend.connect_timeout_ms must be at least 1".into(),
+            ));
+        }
+        // connectTimeoutMS in the URI, if given, is the more specific setting.
         let ms = settings
             .connect_timeout_ms
-            .unwrap_or(config.connect_timeout_ms)
-            .max(1);
+            .unwrap_or(config.connect_timeout_ms);
         Ok(Backend {
             settings,
             auth_source: config.auth_source.clone(),
@@ -210,6 +219,12 @@ impl Backend {
     /// not cached, so the next call tries again.
     pub async fn server_info(&self) -> Result<Arc<ServerInfo>, BackendError> {
         Ok(Arc::clone(&self.discover().await?.info))
+    }
+
+    /// `host:port` of the primary (discovering it if needed), for logs and health checks.
+    pub async fn primary(&self) -> Result<String, BackendError> {
+        let d = self.discover().await?;
+        Ok(HostPort(&d.primary.0, d.primary.1).to_string())
     }
 
     /// Forgets the cached primary and server info, e.g. after a failover.
@@ -545,6 +560,98 @@ mod tests {
                 "backend: no writable primary found; backend 127.0.0.1:{port}: the handshake \
                  (hello and authentication) did not finish within 300 ms; is the server overloaded?"
             )
+        );
+    }
+
+    fn rs_member(extra: bson::RawDocumentBuf) -> mock::Handler {
+        let hello = mock::hello(extra);
+        Arc::new(move |name, _| match name {
+            "hello" => mock::MockReply::Doc(hello.clone()),
+            "buildInfo" => mock::MockReply::Doc(rawdoc! { "version": "7.0.0", "ok": 1 }),
+            _ => mock::MockReply::Close,
+        })
+    }
+
+    #[tokio::test]
+    async fn follows_a_secondary_to_the_primary() {
+        let b_port = mock::serve(rs_member(
+            rawdoc! { "isWritablePrimary": true, "setName": "rs" },
+        ))
+        .await;
+        let a_port = mock::serve(rs_member(rawdoc! {
+            "isWritablePrimary": false, "secondary": true, "setName": "rs",
+            "primary": format!("127.0.0.1:{b_port}"),
+        }))
+        .await;
+        let b = Backend::new(&config(&format!(
+            "mongodb://127.0.0.1:{a_port}/?replicaSet=rs"
+        )))
+        .unwrap();
+        let info = b.server_info().await.unwrap();
+        assert!(info.is_replica_set);
+        assert_eq!(info.max_wire_version, 21);
+        assert_eq!(info.build_info.get_str("version").unwrap(), "7.0.0");
+        assert_eq!(b.primary().await.unwrap(), format!("127.0.0.1:{b_port}"));
+    }
+
+    #[tokio::test]
+    async fn no_primary_lists_what_each_host_said() {
+        let a_port = mock::serve(rs_member(rawdoc! {
+            "isWritablePrimary": false, "secondary": true, "setName": "rs",
+        }))
+        .await;
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let b = Backend::new(&config(&format!(
+            "mongodb://127.0.0.1:{a_port},127.0.0.1:{dead}/"
+        )))
+        .unwrap();
+        let e = b.server_info().await.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "backend: no writable primary found; 127.0.0.1:{a_port}: secondary of replica set 'rs', \
+                 no primary known; backend 127.0.0.1:{dead}: connection refused; is mongod running \
+                 and is backend.uri right?"
+            )
+        );
+        // Failures are not cached: once a primary appears, the next call finds it.
+        assert!(b.server_info().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn falls_back_to_is_master_on_old_servers() {
+        let hello = mock::hello(rawdoc! { "ismaster": true });
+        let port = mock::serve(Arc::new(move |name, _| match name {
+            "hello" => mock::MockReply::Doc(rawdoc! {
+                "ok": 0, "code": 59, "codeName": "CommandNotFound", "errmsg": "no such command: 'hello'",
+            }),
+            "isMaster" => mock::MockReply::Doc(hello.clone()),
+            "buildInfo" => mock::MockReply::Doc(rawdoc! { "version": "4.2.0", "ok": 1 }),
+            _ => mock::MockReply::Close,
+        }))
+        .await;
+        let b = Backend::new(&config(&format!("mongodb://127.0.0.1:{port}/"))).unwrap();
+        let info = b.server_info().await.unwrap();
+        assert!(!info.is_replica_set);
+        assert_eq!(info.build_info.get_str("version").unwrap(), "4.2.0");
+    }
+
+    #[test]
+    fn refuses_empty_auth_source_and_zero_timeout() {
+        let mut c = config("mongodb://h/");
+        c.auth_source = String::new();
+        assert_eq!(
+            Backend::new(&c).unwrap_err().to_string(),
+            "backend.auth_source is empty; name the database the backend users are defined in (usually admin)"
+        );
+        let mut c = config("mongodb://h/");
+        c.connect_timeout_ms = 0;
+        assert_eq!(
+            Backend::new(&c).unwrap_err().to_string(),
+            "backend.connect_timeout_ms must be at least 1"
         );
     }
 

@@ -126,20 +126,17 @@ impl BackendSettings {
             (None, None) => None,
         };
         let has_tls_files = opts.tls_ca_file.is_some() || opts.tls_cert_key_file.is_some();
-        match tls_on {
-            Some(false) if has_tls_files => {
-                return err(
-                    "tlsCAFile/tlsCertificateKeyFile are set but tls=false; set tls=true or remove them",
-                )
-            }
-            // The TLS file options imply TLS, as they do for MongoDB's drivers.
-            Some(true) | None if tls_on == Some(true) || has_tls_files => {
-                self.tls = Some(TlsOptions {
-                    ca_file: opts.tls_ca_file,
-                    cert_key_file: opts.tls_cert_key_file,
-                });
-            }
-            _ => {}
+        if tls_on == Some(false) && has_tls_files {
+            return err(
+                "tlsCAFile/tlsCertificateKeyFile are set but tls=false; set tls=true or remove them",
+            );
+        }
+        // The TLS file options imply TLS, as they do for MongoDB's drivers.
+        if tls_on == Some(true) || has_tls_files {
+            self.tls = Some(TlsOptions {
+                ca_file: opts.tls_ca_file,
+                cert_key_file: opts.tls_cert_key_file,
+            });
         }
         self.replica_set = opts.replica_set;
         self.direct_connection = opts.direct_connection.unwrap_or(false);
