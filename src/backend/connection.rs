@@ -265,7 +265,7 @@ impl BackendConnection {
         user: &str,
         password: &str,
         auth_source: &str,
-        cache: &SaltedPasswordCache,
+        cache: &Arc<SaltedPasswordCache>,
     ) -> Result<(), BackendError> {
         let addr = self.addr.clone();
         let scram_err = |source| BackendError::Scram {
@@ -274,7 +274,7 @@ impl BackendConnection {
             db: auth_source.to_string(),
             source,
         };
-        let mut conv = ScramSha256::new(user, password).map_err(scram_err)?;
+        let conv = ScramSha256::new(user, password).map_err(scram_err)?;
         let start = rawdoc! {
             "saslStart": 1,
             "mechanism": "SCRAM-SHA-256",
@@ -294,10 +294,22 @@ impl BackendConnection {
                 detail: "saslStart reply says done before the SCRAM exchange".into(),
             });
         }
-        let final_msg = conv
-            .client_final(SaslReply::payload(&self.addr, &reply)?, cache)
-            .map_err(scram_err)?;
-        let mut next = final_msg;
+        let server_first = SaslReply::payload(&self.addr, &reply)?.to_vec();
+        let cache = Arc::clone(cache);
+        // PBKDF2 (15000 iterations by default) takes milliseconds on a cache
+        // miss; run it off the async workers so other sessions keep moving.
+        let (conv_back, final_msg) = tokio::task::spawn_blocking(move || {
+            let mut conv = conv;
+            let r = conv.client_final(&server_first, &cache);
+            (conv, r)
+        })
+        .await
+        .map_err(|e| BackendError::Io {
+            addr: self.addr.clone(),
+            detail: format!("SCRAM key derivation task failed: {e}"),
+        })?;
+        let mut conv = conv_back;
+        let mut next = final_msg.map_err(scram_err)?;
         for _ in 0..MAX_SASL_STEPS {
             let cont = rawdoc! {
                 "saslContinue": 1,
@@ -487,11 +499,16 @@ mod tests {
 
     async fn auth_err(handler: mock::Handler) -> String {
         let mut c = conn_to(handler).await;
-        c.authenticate_scram_sha256("u", "secret-pw", "admin", &SaltedPasswordCache::new())
-            .await
-            .unwrap_err()
-            .to_string()
-            .replace(c.addr(), "ADDR")
+        c.authenticate_scram_sha256(
+            "u",
+            "secret-pw",
+            "admin",
+            &Arc::new(SaltedPasswordCache::new()),
+        )
+        .await
+        .unwrap_err()
+        .to_string()
+        .replace(c.addr(), "ADDR")
     }
 
     #[tokio::test]

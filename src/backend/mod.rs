@@ -175,7 +175,8 @@ pub struct Backend {
     tls: Mutex<Option<Arc<rustls::ClientConfig>>>,
     /// Held across discovery so concurrent callers wait for one probe.
     discovered: tokio::sync::Mutex<Option<Arc<Discovered>>>,
-    scram_cache: SaltedPasswordCache,
+    /// Shared with the blocking PBKDF2 task, hence the Arc.
+    scram_cache: Arc<SaltedPasswordCache>,
 }
 
 impl Backend {
@@ -202,7 +203,7 @@ impl Backend {
             connect_timeout: Duration::from_millis(ms),
             tls: Mutex::new(None),
             discovered: tokio::sync::Mutex::new(None),
-            scram_cache: SaltedPasswordCache::new(),
+            scram_cache: Arc::new(SaltedPasswordCache::new()),
         })
     }
 
