@@ -1,42 +1,672 @@
-//! Connections to the backend mongod. (Temporary stub on main; the real module is on the backend branch.)
-use crate::wire::Frame;
-use bson::RawDocumentBuf;
-use std::sync::Arc;
+//! Connections to the backend mongod and the proxy's own sign-in to it.
+//!
+//! - [`uri`]: `backend.uri` parsing, refusing what is not supported.
+//! - [`scram`]: the SCRAM-SHA-256 client as pure functions, with a PBKDF2 cache.
+//! - [`connection`]: one plain or TLS connection, OP_MSG commands on it, SCRAM.
+//! - [`info`]: `hello`/`buildInfo` parsing into [`ServerInfo`].
+//!
+//! [`Backend`] ties them together: it finds the writable primary among the
+//! configured hosts, caches what the backend reports about itself, and opens
+//! connections authenticated as a given backend user. Pooling is not here yet.
 
+pub mod connection;
+pub mod info;
+#[cfg(test)]
+mod mock;
+pub mod scram;
+pub mod uri;
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bson::rawdoc;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::BackendConfig;
+use crate::wire::WireError;
+
+pub use connection::{BackendConnection, BackendStream};
+pub use info::{Hello, ServerInfo};
+pub use scram::{SaltedPasswordCache, ScramError};
+pub use uri::{BackendSettings, HostPort, TlsOptions, UriError};
+
+/// mongod's code for an unknown command (used to fall back from `hello` to `isMaster`).
+const COMMAND_NOT_FOUND: i32 = 59;
+
+/// Everything that can go wrong talking to the backend. Messages name the
+/// host and what to check; none contains a password.
 #[derive(Debug, thiserror::Error)]
-#[error("backend stub")]
-pub struct BackendError;
-
-pub struct ServerInfo {
-    pub max_wire_version: i32,
-    pub min_wire_version: i32,
-    pub max_bson_object_size: i32,
-    pub max_message_size_bytes: i32,
-    pub max_write_batch_size: i32,
-    pub logical_session_timeout_minutes: Option<i32>,
-    pub build_info: RawDocumentBuf,
-    pub is_replica_set: bool,
+pub enum BackendError {
+    #[error(transparent)]
+    Uri(#[from] UriError),
+    #[error("{0}")]
+    Config(String),
+    #[error("backend {addr}: connection refused; is mongod running and is backend.uri right?")]
+    ConnectRefused { addr: String },
+    #[error("backend {addr}: cannot resolve the host name ({detail}); check backend.uri")]
+    Resolve { addr: String, detail: String },
+    #[error("backend {addr}: cannot connect ({detail}); check backend.uri and the network")]
+    Connect { addr: String, detail: String },
+    #[error("backend {addr}: no connection within {ms} ms; check backend.uri, firewalls and backend.connect_timeout_ms")]
+    ConnectTimeout { addr: String, ms: u64 },
+    #[error("backend {addr}: the handshake (hello and authentication) did not finish within {ms} ms; is the server overloaded?")]
+    HandshakeTimeout { addr: String, ms: u64 },
+    #[error("backend {addr}: TLS handshake failed ({detail}); check tls/tlsCAFile in backend.uri and the server certificate's names")]
+    Tls { addr: String, detail: String },
+    #[error("backend TLS settings: {0}")]
+    TlsConfig(String),
+    #[error("backend {addr}: {source}")]
+    Wire { addr: String, source: WireError },
+    #[error("backend {addr}: the server closed the connection")]
+    Closed { addr: String },
+    #[error("backend {addr}: I/O error: {detail}")]
+    Io { addr: String, detail: String },
+    #[error("backend {addr}: unexpected reply: {detail}")]
+    Protocol { addr: String, detail: String },
+    #[error("backend {addr}: not supported: {detail}")]
+    Unsupported { addr: String, detail: String },
+    #[error("backend {addr}: command {command} failed: {errmsg} ({code_name}, code {code})")]
+    Command {
+        addr: String,
+        command: String,
+        code: i32,
+        code_name: String,
+        errmsg: String,
+    },
+    #[error(
+        "backend {addr}: authentication as '{user}' on '{db}' failed: {errmsg} ({code_name}, code {code}); \
+         check the grant's backend_user and backend_password_env, backend.auth_source, and that the user has SCRAM-SHA-256 credentials"
+    )]
+    AuthFailed {
+        addr: String,
+        user: String,
+        db: String,
+        code: i32,
+        code_name: String,
+        errmsg: String,
+    },
+    #[error("backend {addr}: SCRAM-SHA-256 as '{user}' on '{db}': {source}")]
+    Scram {
+        addr: String,
+        user: String,
+        db: String,
+        source: ScramError,
+    },
+    #[error("backend {addr}: is no longer the writable primary")]
+    NotPrimary { addr: String },
+    #[error("backend: no writable primary found; {0}")]
+    NoPrimary(String),
 }
 
-pub struct Backend;
-pub struct BackendConnection;
+impl BackendError {
+    pub(crate) fn connect(addr: &str, e: &io::Error) -> BackendError {
+        let addr = addr.to_string();
+        let detail = e.to_string();
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => BackendError::ConnectRefused { addr },
+            // tokio reports getaddrinfo failures as plain errors with this text.
+            _ if detail.contains("lookup address") => BackendError::Resolve { addr, detail },
+            _ => BackendError::Connect { addr, detail },
+        }
+    }
+
+    /// A failed `saslStart`/`saslContinue` is an authentication failure.
+    pub(crate) fn into_auth(self, user: &str, db: &str) -> BackendError {
+        match self {
+            BackendError::Command {
+                addr,
+                code,
+                code_name,
+                errmsg,
+                ..
+            } => BackendError::AuthFailed {
+                addr,
+                user: user.to_string(),
+                db: db.to_string(),
+                code,
+                code_name,
+                errmsg,
+            },
+            other => other,
+        }
+    }
+
+    /// The server's error code, when the server sent one.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            BackendError::Command { code, .. } | BackendError::AuthFailed { code, .. } => {
+                Some(*code)
+            }
+            _ => None,
+        }
+    }
+
+    /// True when the failure says nothing about the credentials, only about
+    /// reaching the server: worth one retry after rediscovering the primary.
+    fn is_topology(&self) -> bool {
+        matches!(
+            self,
+            BackendError::ConnectRefused { .. }
+                | BackendError::Connect { .. }
+                | BackendError::ConnectTimeout { .. }
+                | BackendError::Closed { .. }
+                | BackendError::Io { .. }
+                | BackendError::NotPrimary { .. }
+        )
+    }
+}
+
+/// What discovery found: the primary's address and what it reported.
+#[derive(Debug)]
+struct Discovered {
+    primary: (String, u16),
+    info: Arc<ServerInfo>,
+}
+
+/// The backend deployment named by `backend.uri`.
+#[derive(Debug)]
+pub struct Backend {
+    settings: BackendSettings,
+    auth_source: String,
+    connect_timeout: Duration,
+    /// Built on first use: reading CA and key files is I/O, which `new` avoids.
+    tls: Mutex<Option<Arc<rustls::ClientConfig>>>,
+    /// Held across discovery so concurrent callers wait for one probe.
+    discovered: tokio::sync::Mutex<Option<Arc<Discovered>>>,
+    /// Shared with the blocking PBKDF2 task, hence the Arc.
+    scram_cache: Arc<SaltedPasswordCache>,
+}
 
 impl Backend {
-    pub fn new(_c: &crate::config::BackendConfig) -> Result<Backend, BackendError> {
-        Ok(Backend)
+    /// Validates the configuration; does no I/O.
+    pub fn new(config: &BackendConfig) -> Result<Backend, BackendError> {
+        let settings = BackendSettings::parse(&config.uri)?;
+        if config.auth_source.is_empty() {
+            return Err(BackendError::Config(
+                "backend.auth_source is empty; name the database the backend users are defined in (usually admin)".into(),
+            ));
+        }
+        if config.connect_timeout_ms == 0 {
+            return Err(BackendError::Config(
+                "backend.connect_timeout_ms must be at least 1".into(),
+            ));
+        }
+        // connectTimeoutMS in the URI, if given, is the more specific setting.
+        let ms = settings
+            .connect_timeout_ms
+            .unwrap_or(config.connect_timeout_ms);
+        Ok(Backend {
+            settings,
+            auth_source: config.auth_source.clone(),
+            connect_timeout: Duration::from_millis(ms),
+            tls: Mutex::new(None),
+            discovered: tokio::sync::Mutex::new(None),
+            scram_cache: Arc::new(SaltedPasswordCache::new()),
+        })
     }
+
+    pub fn settings(&self) -> &BackendSettings {
+        &self.settings
+    }
+
+    pub fn auth_source(&self) -> &str {
+        &self.auth_source
+    }
+
+    /// The backend's limits and build info, probed once (unauthenticated
+    /// `hello` then `buildInfo` on the primary) and cached; a failed probe is
+    /// not cached, so the next call tries again.
     pub async fn server_info(&self) -> Result<Arc<ServerInfo>, BackendError> {
-        Err(BackendError)
+        Ok(Arc::clone(&self.discover().await?.info))
     }
-    pub async fn connect_as(&self, _u: &str, _p: &str) -> Result<BackendConnection, BackendError> {
-        Err(BackendError)
+
+    /// `host:port` of the primary (discovering it if needed), for logs and health checks.
+    pub async fn primary(&self) -> Result<String, BackendError> {
+        let d = self.discover().await?;
+        Ok(HostPort(&d.primary.0, d.primary.1).to_string())
+    }
+
+    /// Forgets the cached primary and server info, e.g. after a failover.
+    pub async fn invalidate(&self) {
+        *self.discovered.lock().await = None;
+    }
+
+    /// Opens a connection to the primary authenticated as `user` with
+    /// SCRAM-SHA-256 against `backend.auth_source`. If the cached primary
+    /// cannot be reached or is no longer primary, rediscovers once.
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<BackendConnection, BackendError> {
+        let mut retried = false;
+        loop {
+            let d = self.discover().await?;
+            match self.open_authenticated(&d, user, password).await {
+                Err(e) if !retried && e.is_topology() => {
+                    tracing::info!(error = %e, "backend primary unreachable; rediscovering");
+                    let mut guard = self.discovered.lock().await;
+                    // Only drop the entry we used; another task may have refreshed it.
+                    if guard.as_ref().is_some_and(|g| Arc::ptr_eq(g, &d)) {
+                        *guard = None;
+                    }
+                    retried = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_authenticated(
+        &self,
+        d: &Discovered,
+        user: &str,
+        password: &str,
+    ) -> Result<BackendConnection, BackendError> {
+        let (host, port) = (&d.primary.0, d.primary.1);
+        let mut conn = self.open(host, port).await?;
+        let ms = self.connect_timeout.as_millis() as u64;
+        let addr = conn.addr().to_string();
+        let handshake = async {
+            let hello = hello(&mut conn).await?;
+            if !hello.writable_primary && !self.settings.direct_connection {
+                return Err(BackendError::NotPrimary {
+                    addr: conn.addr().to_string(),
+                });
+            }
+            conn.authenticate_scram_sha256(user, password, &self.auth_source, &self.scram_cache)
+                .await
+        };
+        tokio::time::timeout(self.connect_timeout, handshake)
+            .await
+            .map_err(|_| BackendError::HandshakeTimeout { addr, ms })??;
+        Ok(conn)
+    }
+
+    async fn open(&self, host: &str, port: u16) -> Result<BackendConnection, BackendError> {
+        let tls = self.tls_config()?;
+        BackendConnection::connect(host, port, tls.as_ref(), self.connect_timeout).await
+    }
+
+    fn tls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, BackendError> {
+        let Some(opts) = &self.settings.tls else {
+            return Ok(None);
+        };
+        let mut slot = self
+            .tls
+            .lock()
+            .map_err(|_| BackendError::TlsConfig("TLS settings lock poisoned".into()))?;
+        if let Some(cfg) = slot.as_ref() {
+            return Ok(Some(Arc::clone(cfg)));
+        }
+        let cfg = build_tls_config(opts)?;
+        *slot = Some(Arc::clone(&cfg));
+        Ok(Some(cfg))
+    }
+
+    async fn discover(&self) -> Result<Arc<Discovered>, BackendError> {
+        let mut guard = self.discovered.lock().await;
+        if let Some(d) = guard.as_ref() {
+            return Ok(Arc::clone(d));
+        }
+        let d = Arc::new(self.find_primary().await?);
+        *guard = Some(Arc::clone(&d));
+        Ok(d)
+    }
+
+    /// Tries the seed hosts in order: a writable primary wins; otherwise the
+    /// member's `primary` field is followed. Errors list what each host said.
+    async fn find_primary(&self) -> Result<Discovered, BackendError> {
+        let mut notes = Vec::new();
+        for (host, port) in &self.settings.hosts {
+            let addr = HostPort(host, *port).to_string();
+            let (mut conn, hello) = match self.probe(host, *port).await {
+                Ok(x) => x,
+                Err(e) => {
+                    notes.push(e.to_string());
+                    continue;
+                }
+            };
+            if let Err(note) = self.check_set_name(&addr, &hello) {
+                notes.push(note);
+                continue;
+            }
+            if hello.writable_primary || self.settings.direct_connection {
+                return self.finish(&mut conn, hello, (host.clone(), *port)).await;
+            }
+            let described = format!("{addr}: {}", hello.describe());
+            let Some(primary) = hello.primary.as_deref() else {
+                notes.push(described);
+                continue;
+            };
+            let Some((phost, pport)) = info::split_host_port(primary) else {
+                notes.push(format!("{described} (unparseable primary address)"));
+                continue;
+            };
+            if (&phost, pport) == (host, *port) {
+                notes.push(format!("{described} (names itself but is not writable)"));
+                continue;
+            }
+            drop(conn);
+            match self.probe(&phost, pport).await {
+                Ok((mut pconn, phello)) if phello.writable_primary => {
+                    let paddr = HostPort(&phost, pport).to_string();
+                    if let Err(note) = self.check_set_name(&paddr, &phello) {
+                        notes.push(note);
+                        continue;
+                    }
+                    return self.finish(&mut pconn, phello, (phost, pport)).await;
+                }
+                Ok((_, phello)) => notes.push(format!(
+                    "{described}; but {primary} is {}",
+                    phello.describe()
+                )),
+                Err(e) => notes.push(format!("{described}; but {e}")),
+            }
+        }
+        Err(BackendError::NoPrimary(notes.join("; ")))
+    }
+
+    fn check_set_name(&self, addr: &str, hello: &Hello) -> Result<(), String> {
+        match (&self.settings.replica_set, &hello.set_name) {
+            (Some(want), Some(got)) if want != got => Err(format!(
+                "{addr}: belongs to replica set '{got}', but backend.uri says replicaSet={want}"
+            )),
+            (Some(want), None) => Err(format!(
+                "{addr}: is not a replica set member, but backend.uri says replicaSet={want}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn probe(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<(BackendConnection, Hello), BackendError> {
+        let mut conn = self.open(host, port).await?;
+        let addr = conn.addr().to_string();
+        let ms = self.connect_timeout.as_millis() as u64;
+        let hello = tokio::time::timeout(self.connect_timeout, hello(&mut conn))
+            .await
+            .map_err(|_| BackendError::HandshakeTimeout { addr, ms })??;
+        Ok((conn, hello))
+    }
+
+    async fn finish(
+        &self,
+        conn: &mut BackendConnection,
+        hello: Hello,
+        primary: (String, u16),
+    ) -> Result<Discovered, BackendError> {
+        let addr = conn.addr().to_string();
+        let ms = self.connect_timeout.as_millis() as u64;
+        let build_info = tokio::time::timeout(
+            self.connect_timeout,
+            conn.command(&rawdoc! { "buildInfo": 1, "$db": "admin" }),
+        )
+        .await
+        .map_err(|_| BackendError::HandshakeTimeout { addr, ms })??;
+        tracing::info!(
+            primary = %HostPort(&primary.0, primary.1),
+            max_wire_version = hello.max_wire_version,
+            version = build_info.get_str("version").unwrap_or("?"),
+            "backend discovered"
+        );
+        Ok(Discovered {
+            primary,
+            info: Arc::new(hello.into_server_info(build_info)),
+        })
     }
 }
-impl BackendConnection {
-    pub async fn send(&mut self, _b: &[u8]) -> Result<(), BackendError> {
-        Err(BackendError)
+
+/// `hello`, falling back to `isMaster` on servers that predate it (< 4.4.2),
+/// then raises the connection's read limit to what the server allows.
+async fn hello(conn: &mut BackendConnection) -> Result<Hello, BackendError> {
+    let reply = match conn.command(&rawdoc! { "hello": 1, "$db": "admin" }).await {
+        Err(e) if e.code() == Some(COMMAND_NOT_FOUND) => {
+            conn.command(&rawdoc! { "isMaster": 1, "$db": "admin" })
+                .await?
+        }
+        other => other?,
+    };
+    let hello = Hello::parse(conn.addr(), &reply)?;
+    conn.set_max_message_size(hello.max_message_size_bytes as usize);
+    Ok(hello)
+}
+
+fn build_tls_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, BackendError> {
+    let cfg_err = BackendError::TlsConfig;
+    let mut roots = rustls::RootCertStore::empty();
+    match &opts.ca_file {
+        Some(path) => {
+            let shown = path.display();
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| cfg_err(format!("tlsCAFile {shown}: {e}")))?;
+            if certs.is_empty() {
+                return Err(cfg_err(format!(
+                    "tlsCAFile {shown}: no certificates in the file"
+                )));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| cfg_err(format!("tlsCAFile {shown}: {e}")))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                // A bad system certificate is skipped, as every TLS client does.
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err(cfg_err(
+                    "no system CA certificates found; set tlsCAFile in backend.uri".into(),
+                ));
+            }
+        }
     }
-    pub async fn recv(&mut self) -> Result<Frame, BackendError> {
-        Err(BackendError)
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| cfg_err(e.to_string()))?
+        .with_root_certificates(roots);
+    let cfg = match &opts.cert_key_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let shown = path.display();
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| cfg_err(format!("tlsCertificateKeyFile {shown}: {e}")))?;
+            if certs.is_empty() {
+                return Err(cfg_err(format!(
+                    "tlsCertificateKeyFile {shown}: no certificate in the file"
+                )));
+            }
+            let key = PrivateKeyDer::from_pem_file(path)
+                .map_err(|e| cfg_err(format!("tlsCertificateKeyFile {shown}: private key: {e}")))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| cfg_err(format!("tlsCertificateKeyFile {shown}: {e}")))?
+        }
+    };
+    Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(uri: &str) -> BackendConfig {
+        BackendConfig {
+            uri: uri.into(),
+            auth_source: "admin".into(),
+            connect_timeout_ms: 300,
+        }
+    }
+
+    #[test]
+    fn new_validates_the_uri_without_io() {
+        let b = Backend::new(&config("mongodb://127.0.0.1:1/?connectTimeoutMS=50")).unwrap();
+        assert_eq!(b.connect_timeout, Duration::from_millis(50));
+        let e = Backend::new(&config("mongodb://h/?foo=1")).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("backend.uri: unknown option 'foo'"));
+    }
+
+    #[tokio::test]
+    async fn refused_connection_names_the_host_and_what_to_check() {
+        // Bind then drop to get a loopback port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let b = Backend::new(&config(&format!("mongodb://127.0.0.1:{port}/"))).unwrap();
+        let e = b.server_info().await.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "backend: no writable primary found; backend 127.0.0.1:{port}: connection refused; \
+                 is mongod running and is backend.uri right?"
+            )
+        );
+        let e = b
+            .connect_as("u", "secret-pw")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("secret-pw"));
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _accept = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let b = Backend::new(&config(&format!("mongodb://127.0.0.1:{port}/"))).unwrap();
+        let e = b.server_info().await.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "backend: no writable primary found; backend 127.0.0.1:{port}: the handshake \
+                 (hello and authentication) did not finish within 300 ms; is the server overloaded?"
+            )
+        );
+    }
+
+    fn rs_member(extra: bson::RawDocumentBuf) -> mock::Handler {
+        let hello = mock::hello(extra);
+        Arc::new(move |name, _| match name {
+            "hello" => mock::MockReply::Doc(hello.clone()),
+            "buildInfo" => mock::MockReply::Doc(rawdoc! { "version": "7.0.0", "ok": 1 }),
+            _ => mock::MockReply::Close,
+        })
+    }
+
+    #[tokio::test]
+    async fn follows_a_secondary_to_the_primary() {
+        let b_port = mock::serve(rs_member(
+            rawdoc! { "isWritablePrimary": true, "setName": "rs" },
+        ))
+        .await;
+        let a_port = mock::serve(rs_member(rawdoc! {
+            "isWritablePrimary": false, "secondary": true, "setName": "rs",
+            "primary": format!("127.0.0.1:{b_port}"),
+        }))
+        .await;
+        let b = Backend::new(&config(&format!(
+            "mongodb://127.0.0.1:{a_port}/?replicaSet=rs"
+        )))
+        .unwrap();
+        let info = b.server_info().await.unwrap();
+        assert!(info.is_replica_set);
+        assert_eq!(info.max_wire_version, 21);
+        assert_eq!(info.build_info.get_str("version").unwrap(), "7.0.0");
+        assert_eq!(b.primary().await.unwrap(), format!("127.0.0.1:{b_port}"));
+    }
+
+    #[tokio::test]
+    async fn no_primary_lists_what_each_host_said() {
+        let a_port = mock::serve(rs_member(rawdoc! {
+            "isWritablePrimary": false, "secondary": true, "setName": "rs",
+        }))
+        .await;
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let b = Backend::new(&config(&format!(
+            "mongodb://127.0.0.1:{a_port},127.0.0.1:{dead}/"
+        )))
+        .unwrap();
+        let e = b.server_info().await.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "backend: no writable primary found; 127.0.0.1:{a_port}: secondary of replica set 'rs', \
+                 no primary known; backend 127.0.0.1:{dead}: connection refused; is mongod running \
+                 and is backend.uri right?"
+            )
+        );
+        // Failures are not cached: once a primary appears, the next call finds it.
+        assert!(b.server_info().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn falls_back_to_is_master_on_old_servers() {
+        let hello = mock::hello(rawdoc! { "ismaster": true });
+        let port = mock::serve(Arc::new(move |name, _| match name {
+            "hello" => mock::MockReply::Doc(rawdoc! {
+                "ok": 0, "code": 59, "codeName": "CommandNotFound", "errmsg": "no such command: 'hello'",
+            }),
+            "isMaster" => mock::MockReply::Doc(hello.clone()),
+            "buildInfo" => mock::MockReply::Doc(rawdoc! { "version": "4.2.0", "ok": 1 }),
+            _ => mock::MockReply::Close,
+        }))
+        .await;
+        let b = Backend::new(&config(&format!("mongodb://127.0.0.1:{port}/"))).unwrap();
+        let info = b.server_info().await.unwrap();
+        assert!(!info.is_replica_set);
+        assert_eq!(info.build_info.get_str("version").unwrap(), "4.2.0");
+    }
+
+    #[test]
+    fn refuses_empty_auth_source_and_zero_timeout() {
+        let mut c = config("mongodb://h/");
+        c.auth_source = String::new();
+        assert_eq!(
+            Backend::new(&c).unwrap_err().to_string(),
+            "backend.auth_source is empty; name the database the backend users are defined in (usually admin)"
+        );
+        let mut c = config("mongodb://h/");
+        c.connect_timeout_ms = 0;
+        assert_eq!(
+            Backend::new(&c).unwrap_err().to_string(),
+            "backend.connect_timeout_ms must be at least 1"
+        );
+    }
+
+    #[test]
+    fn missing_ca_file_is_a_clear_error() {
+        let e = build_tls_config(&TlsOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            cert_key_file: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("backend TLS settings: tlsCAFile /nonexistent/ca.pem: "),
+            "{e}"
+        );
     }
 }

@@ -1,0 +1,560 @@
+//! One connection to a backend mongod: the stream (plain or TLS), a reusable
+//! read buffer, request ids, and the proxy's own commands on it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bson::spec::BinarySubtype;
+use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::scram::{SaltedPasswordCache, ScramSha256};
+use super::BackendError;
+use crate::wire::{self, op_msg, Frame, OpCode, OpMsg, DEFAULT_MAX_MESSAGE_SIZE};
+
+/// The SASL exchange has three round trips; anything longer is a broken server.
+const MAX_SASL_STEPS: usize = 4;
+
+/// The byte stream to a backend: plain TCP or TLS over TCP.
+#[derive(Debug)]
+pub enum BackendStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            BackendStream::Plain(s) => s.is_write_vectored(),
+            BackendStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// An open connection to one backend host.
+#[derive(Debug)]
+pub struct BackendConnection {
+    stream: BackendStream,
+    /// `host:port` for error messages.
+    addr: String,
+    read_buf: BytesMut,
+    next_request_id: i32,
+    max_message_size: usize,
+}
+
+impl BackendConnection {
+    /// Opens TCP (and TLS when `tls` is given) to `host:port` within `timeout`.
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+    ) -> Result<BackendConnection, BackendError> {
+        let addr = super::uri::HostPort(host, port).to_string();
+        let timeout_ms = timeout.as_millis() as u64;
+        let fut = async {
+            let tcp = TcpStream::connect((host, port))
+                .await
+                .map_err(|e| BackendError::connect(&addr, &e))?;
+            // Commands are small request/response pairs; Nagle only adds latency.
+            tcp.set_nodelay(true).map_err(|e| BackendError::Io {
+                addr: addr.clone(),
+                detail: e.to_string(),
+            })?;
+            let stream =
+                match tls {
+                    None => BackendStream::Plain(tcp),
+                    Some(cfg) => {
+                        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                            .map_err(|e| BackendError::Tls {
+                                addr: addr.clone(),
+                                detail: format!("'{host}' is not a valid TLS server name: {e}"),
+                            })?;
+                        let tls = tokio_rustls::TlsConnector::from(Arc::clone(cfg))
+                            .connect(name, tcp)
+                            .await
+                            .map_err(|e| BackendError::Tls {
+                                addr: addr.clone(),
+                                detail: e.to_string(),
+                            })?;
+                        BackendStream::Tls(Box::new(tls))
+                    }
+                };
+            Ok::<_, BackendError>(stream)
+        };
+        let stream = tokio::time::timeout(timeout, fut).await.map_err(|_| {
+            BackendError::ConnectTimeout {
+                addr: addr.clone(),
+                ms: timeout_ms,
+            }
+        })??;
+        Ok(BackendConnection {
+            stream,
+            addr,
+            read_buf: BytesMut::with_capacity(16 * 1024),
+            next_request_id: 1,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        })
+    }
+
+    /// `host:port` of the peer, for logs.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, BackendStream::Tls(_))
+    }
+
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// Sets the read limit, normally to the server's `maxMessageSizeBytes`.
+    pub fn set_max_message_size(&mut self, max: usize) {
+        self.max_message_size = max;
+    }
+
+    /// A fresh request id for a message this proxy originates.
+    pub fn next_request_id(&mut self) -> i32 {
+        let id = self.next_request_id;
+        // Wraps to 1, never 0 or negative: some servers treat 0 specially.
+        self.next_request_id = if id == i32::MAX { 1 } else { id + 1 };
+        id
+    }
+
+    /// Writes a complete message.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| BackendError::Io {
+                addr: self.addr.clone(),
+                detail: e.to_string(),
+            })?;
+        self.stream.flush().await.map_err(|e| BackendError::Io {
+            addr: self.addr.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Reads one complete message, bounded by the max message size.
+    pub async fn recv(&mut self) -> Result<Frame, BackendError> {
+        match wire::read_frame(&mut self.stream, &mut self.read_buf, self.max_message_size).await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => Err(BackendError::Closed {
+                addr: self.addr.clone(),
+            }),
+            Err(source) => Err(BackendError::Wire {
+                addr: self.addr.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The stream, for a relay loop that reads and writes frames itself.
+    pub fn stream_mut(&mut self) -> &mut BackendStream {
+        &mut self.stream
+    }
+
+    /// The stream and its read buffer, for a relay that owns them from now on.
+    pub fn into_parts(self) -> (BackendStream, BytesMut) {
+        (self.stream, self.read_buf)
+    }
+
+    /// Runs one of the proxy's own commands (the body must carry `$db`) and
+    /// returns the reply body. `ok: 0` becomes [`BackendError::Command`].
+    pub async fn command(&mut self, body: &RawDocument) -> Result<RawDocumentBuf, BackendError> {
+        let name = op_msg::first_key(body)
+            .map(str::to_string)
+            .unwrap_or_else(|_| "<empty>".into());
+        let request_id = self.next_request_id();
+        let msg = op_msg::encode(request_id, 0, 0, body);
+        self.send(&msg).await?;
+        let frame = self.recv().await?;
+        let protocol = |detail: String| BackendError::Protocol {
+            addr: self.addr.clone(),
+            detail,
+        };
+        if frame.header.op_code != OpCode::Msg {
+            return Err(protocol(format!(
+                "reply to {name} has opcode {}, expected OP_MSG",
+                frame.header.op_code.as_i32()
+            )));
+        }
+        if frame.header.response_to != request_id {
+            return Err(protocol(format!(
+                "reply to {name} answers request {} instead of {request_id}",
+                frame.header.response_to
+            )));
+        }
+        let parsed = OpMsg::parse(&frame.bytes).map_err(|source| BackendError::Wire {
+            addr: self.addr.clone(),
+            source,
+        })?;
+        if parsed.flags.more_to_come() {
+            return Err(protocol(format!(
+                "reply to {name} unexpectedly sets moreToCome"
+            )));
+        }
+        let reply = parsed.body.to_owned();
+        check_ok(&self.addr, &name, &reply)?;
+        Ok(reply)
+    }
+
+    /// Signs in with SCRAM-SHA-256 as drivers do: `saslStart` with
+    /// `skipEmptyExchange`, then `saslContinue` until the server says done,
+    /// verifying the server's signature on the way.
+    pub async fn authenticate_scram_sha256(
+        &mut self,
+        user: &str,
+        password: &str,
+        auth_source: &str,
+        cache: &Arc<SaltedPasswordCache>,
+    ) -> Result<(), BackendError> {
+        let addr = self.addr.clone();
+        let scram_err = |source| BackendError::Scram {
+            addr: addr.clone(),
+            user: user.to_string(),
+            db: auth_source.to_string(),
+            source,
+        };
+        let conv = ScramSha256::new(user, password).map_err(scram_err)?;
+        let start = rawdoc! {
+            "saslStart": 1,
+            "mechanism": "SCRAM-SHA-256",
+            "payload": bson::Binary { subtype: BinarySubtype::Generic, bytes: conv.client_first() },
+            "options": { "skipEmptyExchange": true },
+            "$db": auth_source,
+        };
+        let reply = self
+            .command(&start)
+            .await
+            .map_err(|e| e.into_auth(user, auth_source))?;
+        let mut step = SaslReply::parse(&self.addr, &reply)?;
+        if step.done {
+            // Success before we proved anything or the server did: not SCRAM.
+            return Err(BackendError::Protocol {
+                addr: self.addr.clone(),
+                detail: "saslStart reply says done before the SCRAM exchange".into(),
+            });
+        }
+        let server_first = SaslReply::payload(&self.addr, &reply)?.to_vec();
+        let cache = Arc::clone(cache);
+        // PBKDF2 (15000 iterations by default) takes milliseconds on a cache
+        // miss; run it off the async workers so other sessions keep moving.
+        let (conv_back, final_msg) = tokio::task::spawn_blocking(move || {
+            let mut conv = conv;
+            let r = conv.client_final(&server_first, &cache);
+            (conv, r)
+        })
+        .await
+        .map_err(|e| BackendError::Io {
+            addr: self.addr.clone(),
+            detail: format!("SCRAM key derivation task failed: {e}"),
+        })?;
+        let mut conv = conv_back;
+        let mut next = final_msg.map_err(scram_err)?;
+        for _ in 0..MAX_SASL_STEPS {
+            let cont = rawdoc! {
+                "saslContinue": 1,
+                "conversationId": step.conversation_id,
+                "payload": bson::Binary { subtype: BinarySubtype::Generic, bytes: std::mem::take(&mut next) },
+                "$db": auth_source,
+            };
+            let reply = self
+                .command(&cont)
+                .await
+                .map_err(|e| e.into_auth(user, auth_source))?;
+            step = SaslReply::parse(&self.addr, &reply)?;
+            let payload = SaslReply::payload(&self.addr, &reply)?;
+            if !conv.is_done() {
+                conv.verify_server_final(payload).map_err(scram_err)?;
+            } else if !payload.is_empty() {
+                return Err(BackendError::Protocol {
+                    addr: self.addr.clone(),
+                    detail: "saslContinue after the server signature carried a payload".into(),
+                });
+            }
+            if step.done {
+                return if conv.is_done() {
+                    Ok(())
+                } else {
+                    Err(BackendError::Protocol {
+                        addr: self.addr.clone(),
+                        detail: "the server ended SCRAM without proving its identity".into(),
+                    })
+                };
+            }
+            // Without skipEmptyExchange honoured, the server wants one empty round.
+            next = Vec::new();
+        }
+        Err(BackendError::Protocol {
+            addr: self.addr.clone(),
+            detail: format!("SCRAM did not finish within {MAX_SASL_STEPS} saslContinue steps"),
+        })
+    }
+}
+
+struct SaslReply {
+    conversation_id: i32,
+    done: bool,
+}
+
+impl SaslReply {
+    fn parse(addr: &str, reply: &RawDocument) -> Result<SaslReply, BackendError> {
+        let bad = |detail: &str| BackendError::Protocol {
+            addr: addr.to_string(),
+            detail: format!("SASL reply {detail}"),
+        };
+        let conversation_id = match reply.get("conversationId") {
+            Ok(Some(RawBsonRef::Int32(n))) => n,
+            Ok(Some(RawBsonRef::Int64(n))) => {
+                i32::try_from(n).map_err(|_| bad("has an out-of-range conversationId"))?
+            }
+            _ => return Err(bad("has no integer conversationId")),
+        };
+        let done = match reply.get("done") {
+            Ok(Some(RawBsonRef::Boolean(b))) => b,
+            _ => return Err(bad("has no boolean done")),
+        };
+        Ok(SaslReply {
+            conversation_id,
+            done,
+        })
+    }
+
+    fn payload<'a>(addr: &str, reply: &'a RawDocument) -> Result<&'a [u8], BackendError> {
+        match reply.get("payload") {
+            Ok(Some(RawBsonRef::Binary(b))) => Ok(b.bytes),
+            _ => Err(BackendError::Protocol {
+                addr: addr.to_string(),
+                detail: "SASL reply has no binary payload".into(),
+            }),
+        }
+    }
+}
+
+/// Turns `ok: 0` into an error; `ok` may be any numeric type or a boolean.
+pub(crate) fn check_ok(addr: &str, command: &str, reply: &RawDocument) -> Result<(), BackendError> {
+    let ok = match reply.get("ok") {
+        Ok(Some(RawBsonRef::Double(d))) => d == 1.0,
+        Ok(Some(RawBsonRef::Int32(n))) => n == 1,
+        Ok(Some(RawBsonRef::Int64(n))) => n == 1,
+        Ok(Some(RawBsonRef::Boolean(b))) => b,
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let code = match reply.get("code") {
+        Ok(Some(RawBsonRef::Int32(n))) => n,
+        Ok(Some(RawBsonRef::Int64(n))) => i32::try_from(n).unwrap_or(-1),
+        Ok(Some(RawBsonRef::Double(d))) if d.fract() == 0.0 && d.abs() < 1e9 => d as i32,
+        _ => -1,
+    };
+    let text = |key: &str| match reply.get_str(key) {
+        // Bounded: the message ends up in logs and error replies.
+        Ok(s) => s.chars().take(500).collect(),
+        Err(_) => String::new(),
+    };
+    Err(BackendError::Command {
+        addr: addr.to_string(),
+        command: command.to_string(),
+        code,
+        code_name: text("codeName"),
+        errmsg: text("errmsg"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bson::rawdoc;
+
+    use super::*;
+    use crate::backend::mock::{self, MockReply};
+
+    async fn conn_to(handler: mock::Handler) -> BackendConnection {
+        let port = mock::serve(handler).await;
+        BackendConnection::connect("127.0.0.1", port, None, Duration::from_secs(2))
+            .await
+            .unwrap()
+    }
+
+    async fn ping_err(reply: fn() -> MockReply) -> String {
+        let mut c = conn_to(Arc::new(move |_, _| reply())).await;
+        c.command(&rawdoc! { "ping": 1, "$db": "admin" })
+            .await
+            .unwrap_err()
+            .to_string()
+            .replace(c.addr(), "ADDR")
+    }
+
+    #[tokio::test]
+    async fn command_errors_are_reported_with_code_and_host() {
+        assert_eq!(
+            ping_err(|| MockReply::Doc(rawdoc! {
+                "ok": 0.0, "code": 13, "codeName": "Unauthorized", "errmsg": "command ping requires authentication",
+            }))
+            .await,
+            "backend ADDR: command ping failed: command ping requires authentication (Unauthorized, code 13)"
+        );
+        assert_eq!(
+            ping_err(|| MockReply::WrongResponseTo(rawdoc! { "ok": 1 })).await,
+            "backend ADDR: unexpected reply: reply to ping answers request 101 instead of 1"
+        );
+        assert_eq!(
+            ping_err(|| MockReply::WrongOpcode).await,
+            "backend ADDR: unexpected reply: reply to ping has opcode 1, expected OP_MSG"
+        );
+        assert_eq!(
+            ping_err(|| MockReply::Close).await,
+            "backend ADDR: the server closed the connection"
+        );
+        // No ok field at all is a failure, not a success.
+        assert_eq!(
+            ping_err(|| MockReply::Doc(rawdoc! { "x": 1 })).await,
+            "backend ADDR: command ping failed:  (, code -1)"
+        );
+    }
+
+    /// Answers saslStart with `first(client_nonce)` and saslContinue with `fin`.
+    fn sasl(first: fn(&str) -> RawDocumentBuf, fin: fn() -> RawDocumentBuf) -> mock::Handler {
+        Arc::new(move |name, body| match name {
+            "saslStart" => {
+                let payload = body.get_binary("payload").map(|b| b.bytes).unwrap_or(&[]);
+                let text = String::from_utf8_lossy(payload);
+                let nonce = text.rsplit("r=").next().unwrap_or("").to_string();
+                MockReply::Doc(first(&nonce))
+            }
+            "saslContinue" => MockReply::Doc(fin()),
+            _ => MockReply::Close,
+        })
+    }
+
+    fn sasl_reply(done: bool, payload: &str) -> RawDocumentBuf {
+        rawdoc! {
+            "conversationId": 1, "done": done,
+            "payload": bson::Binary { subtype: BinarySubtype::Generic, bytes: payload.as_bytes().to_vec() },
+            "ok": 1.0,
+        }
+    }
+
+    async fn auth_err(handler: mock::Handler) -> String {
+        let mut c = conn_to(handler).await;
+        c.authenticate_scram_sha256(
+            "u",
+            "secret-pw",
+            "admin",
+            &Arc::new(SaltedPasswordCache::new()),
+        )
+        .await
+        .unwrap_err()
+        .to_string()
+        .replace(c.addr(), "ADDR")
+    }
+
+    #[tokio::test]
+    async fn bad_sasl_conversations_fail_clearly() {
+        let ok_first = |n: &str| sasl_reply(false, &format!("r={n}srv,s=c2FsdA==,i=4096"));
+        assert_eq!(
+            auth_err(sasl(
+                |_| rawdoc! { "ok": 0, "code": 18, "codeName": "AuthenticationFailed", "errmsg": "authentication failed" },
+                || rawdoc! {}
+            ))
+            .await,
+            "backend ADDR: authentication as 'u' on 'admin' failed: authentication failed \
+             (AuthenticationFailed, code 18); check the grant's backend_user and backend_password_env, \
+             backend.auth_source, and that the user has SCRAM-SHA-256 credentials"
+        );
+        assert_eq!(
+            auth_err(sasl(|_| sasl_reply(true, ""), || rawdoc! {})).await,
+            "backend ADDR: unexpected reply: saslStart reply says done before the SCRAM exchange"
+        );
+        assert_eq!(
+            auth_err(sasl(
+                |_| sasl_reply(false, "r=other,s=c2FsdA==,i=4096"),
+                || rawdoc! {}
+            ))
+            .await,
+            "backend ADDR: SCRAM-SHA-256 as 'u' on 'admin': the server nonce does not extend the \
+             client nonce; the reply is not for this conversation"
+        );
+        assert_eq!(
+            auth_err(sasl(ok_first, || sasl_reply(true, "v=AAAA"))).await,
+            "backend ADDR: SCRAM-SHA-256 as 'u' on 'admin': the server signature does not match; \
+             the server does not know this user's credentials"
+        );
+        assert_eq!(
+            auth_err(sasl(
+                ok_first,
+                || rawdoc! { "conversationId": 1, "done": true, "ok": 1 }
+            ))
+            .await,
+            "backend ADDR: unexpected reply: SASL reply has no binary payload"
+        );
+        assert_eq!(
+            auth_err(sasl(|_| rawdoc! { "done": false, "ok": 1 }, || rawdoc! {})).await,
+            "backend ADDR: unexpected reply: SASL reply has no integer conversationId"
+        );
+        let e = auth_err(sasl(ok_first, || sasl_reply(true, "v=AAAA"))).await;
+        assert!(!e.contains("secret-pw"));
+    }
+}
