@@ -17,6 +17,7 @@ pub mod authz;
 pub mod backend;
 pub mod config;
 pub mod demo;
+pub mod devcerts;
 pub mod devidp;
 pub mod metrics;
 pub mod server;
