@@ -9,6 +9,10 @@
 //! Files (in `dir`): `ca.pem`, `server.pem` (leaf then CA), `server.key`
 //! (PKCS#8 PEM, mode 0600), `client.pem` (leaf then CA), `client.key`
 //! (PKCS#8 PEM, mode 0600).
+//!
+//! Each file is replaced atomically, but two processes generating into the
+//! same directory at once may end up with files from different sets; the
+//! next call notices (the chain no longer verifies) and starts over.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -268,10 +272,14 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), DevCertE
         path: path.to_path_buf(),
         source,
     };
+    // A name unique to this call, so two processes never share a temp file.
     let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(
+        ".{}.{:x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let tmp = PathBuf::from(tmp_name);
-    let _ = fs::remove_file(&tmp);
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]

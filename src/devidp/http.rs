@@ -337,12 +337,16 @@ async fn authorize(
         }
         redirect(to)
     };
-    if p.get("response_type") != Some("code") {
-        return Ok(fail(
-            target,
-            "unsupported_response_type",
-            "only response_type=code",
-        ));
+    match p.get("response_type") {
+        Some("code") => {}
+        None => return Ok(fail(target, "invalid_request", "missing response_type")),
+        Some(_) => {
+            return Ok(fail(
+                target,
+                "unsupported_response_type",
+                "only response_type=code",
+            ))
+        }
     }
     let Some(challenge) = p.get("code_challenge") else {
         return Ok(fail(

@@ -548,6 +548,28 @@ async fn authorize_refusals() {
         qp(&location(&r), "error").as_deref(),
         Some("unsupported_response_type")
     );
+    let r = authorize(
+        &idp,
+        &[
+            ("client_id", &cid),
+            ("redirect_uri", "http://localhost:9/cb"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        qp(&location(&r), "error").as_deref(),
+        Some("invalid_request")
+    );
+    // Repeated parameters are refused outright.
+    let r = http()
+        .get(format!(
+            "{}/authorize?client_id={cid}&client_id={cid}&redirect_uri=http://localhost:9/cb",
+            idp.issuer()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
 }
 
 #[tokio::test]
@@ -667,4 +689,35 @@ async fn shutdown_releases_port() {
     drop(idp2);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// Manual checks against real clients (mongosh's oidc-plugin, curl):
+/// `DEVIDP_SERVE_SECS=300 DEVIDP_ISSUER_FILE=/tmp/issuer cargo test --lib
+/// devidp::tests::serve_for_manual_checks -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "serves until DEVIDP_SERVE_SECS pass; for manual client checks"]
+async fn serve_for_manual_checks() {
+    let secs: u64 = std::env::var("DEVIDP_SERVE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let ttl: i64 = std::env::var("DEVIDP_TTL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3600);
+    let idp = DevIdp::start(
+        LOCAL.parse().unwrap(),
+        DevIdpOptions {
+            token_ttl_secs: ttl,
+            ..DevIdpOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("issuer: {}", idp.issuer());
+    if let Ok(f) = std::env::var("DEVIDP_ISSUER_FILE") {
+        std::fs::write(f, idp.issuer()).unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    eprintln!("jwks fetches: {}", idp.jwks_fetch_count());
 }
