@@ -171,7 +171,7 @@ fn dev_certs(out: &std::path::Path, hosts: &[String]) -> ExitCode {
             println!(
                 "wrote development certificates to {} (CA: {})",
                 out.display(),
-                paths.ca.display()
+                paths.ca_cert.display()
             );
             ExitCode::SUCCESS
         }
