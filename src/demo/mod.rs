@@ -1,1 +1,3 @@
 //! demo (stub)
+
+pub mod secantus;
