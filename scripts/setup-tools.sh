@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Installs the real third-party software the integration tests run against,
+# inside the repository (nothing global):
+#   .tools/venv  python venv with SecantusDB (backend, `secantusd-py`) and pymongo
+#   .tools/npm   the Node `mongodb` driver, mongosh and @mongodb-js/oidc-mock-provider
+# Idempotent: each step writes a stamp file holding its pinned versions and is
+# skipped when the stamp matches. Needs python3 (with venv), node and npm.
+# Ends by printing the environment the test suite reads (MOP_TOOLS).
+set -euo pipefail
+
+SECANTUS_VERSION="0.7.0b3"
+PYMONGO_VERSION="4.20.0"
+NPM_PACKAGES="mongodb@7.9.0 mongosh@2.12.0 @mongodb-js/oidc-mock-provider@0.13.18"
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="${MOP_TOOLS:-$REPO/.tools}"
+
+log() { echo "setup-tools: $*"; }
+die() {
+    echo "setup-tools: error: $*" >&2
+    exit 1
+}
+
+for cmd in python3 node npm; do
+    command -v "$cmd" >/dev/null 2>&1 ||
+        die "'$cmd' not found on PATH; install it first (Debian 12: apt-get install python3 python3-venv nodejs npm)"
+done
+python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' ||
+    die "python3 >= 3.9 is required (found $(python3 --version 2>&1))"
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+[ "$node_major" -ge 18 ] || die "node >= 18 is required (found $(node --version))"
+
+mkdir -p "$TOOLS"
+# keep the installed tools out of git without touching the repo's .gitignore
+[ -f "$TOOLS/.gitignore" ] || echo "*" >"$TOOLS/.gitignore"
+
+# --- python venv: SecantusDB + pymongo ------------------------------------
+PY_PINS="SecantusDB==$SECANTUS_VERSION pymongo==$PYMONGO_VERSION"
+PY_STAMP="$TOOLS/venv/.mop-stamp"
+if [ -x "$TOOLS/venv/bin/secantusd-py" ] && [ "$(cat "$PY_STAMP" 2>/dev/null)" = "$PY_PINS" ]; then
+    log "python venv up to date ($PY_PINS)"
+else
+    if [ ! -x "$TOOLS/venv/bin/python" ]; then
+        log "creating python venv in $TOOLS/venv ..."
+        python3 -m venv "$TOOLS/venv" ||
+            die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    fi
+    log "installing $PY_PINS into $TOOLS/venv ..."
+    # shellcheck disable=SC2086
+    "$TOOLS/venv/bin/python" -m pip install --quiet --disable-pip-version-check $PY_PINS ||
+        die "pip install of $PY_PINS failed"
+    "$TOOLS/venv/bin/python" -c 'import secantus, pymongo' ||
+        die "the venv cannot import secantus/pymongo after the install"
+    [ -x "$TOOLS/venv/bin/secantusd-py" ] || die "secantusd-py missing from $TOOLS/venv/bin after the install"
+    echo "$PY_PINS" >"$PY_STAMP"
+fi
+
+# --- npm: node driver, mongosh, mock IdP ------------------------------------
+NPM_STAMP="$TOOLS/npm/.mop-stamp"
+if [ -x "$TOOLS/npm/node_modules/.bin/mongosh" ] && [ "$(cat "$NPM_STAMP" 2>/dev/null)" = "$NPM_PACKAGES" ]; then
+    log "npm packages up to date ($NPM_PACKAGES)"
+else
+    log "installing $NPM_PACKAGES into $TOOLS/npm (takes about a minute) ..."
+    mkdir -p "$TOOLS/npm"
+    # shellcheck disable=SC2086
+    npm install --prefix "$TOOLS/npm" --no-audit --no-fund --loglevel=error $NPM_PACKAGES ||
+        die "npm install of $NPM_PACKAGES failed"
+    [ -x "$TOOLS/npm/node_modules/.bin/mongosh" ] || die "mongosh missing from $TOOLS/npm after the install"
+    [ -f "$TOOLS/npm/node_modules/@mongodb-js/oidc-mock-provider/package.json" ] ||
+        die "@mongodb-js/oidc-mock-provider missing from $TOOLS/npm after the install"
+    echo "$NPM_PACKAGES" >"$NPM_STAMP"
+fi
+
+log "done. Environment for the test suite:"
+echo "export MOP_TOOLS=$TOOLS"
