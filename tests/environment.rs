@@ -126,8 +126,13 @@ async fn secantus_launcher_reports_clear_errors() {
     })
     .await
     .expect_err("a missing binary must fail");
-    assert!(matches!(missing, SecantusError::NotFound), "{missing}");
-    assert!(missing.to_string().contains("scripts/setup-tools.sh"));
+    assert!(
+        matches!(missing, SecantusError::NotFound { .. }),
+        "{missing}"
+    );
+    let msg = missing.to_string();
+    assert!(msg.contains("/nonexistent/secantusd-py"), "{msg}");
+    assert!(msg.contains("scripts/setup-tools.sh"), "{msg}");
 
     // A taken port: the server dies at once and its stderr is in the error.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
