@@ -5,11 +5,15 @@
 #   .tools/npm   the Node `mongodb` driver, mongosh and @mongodb-js/oidc-mock-provider
 # Idempotent: each step writes a stamp file holding its pinned versions and is
 # skipped when the stamp matches. Needs python3 (with venv), node and npm.
-# Ends by printing the environment the test suite reads (MOP_TOOLS).
+# Installs into $MOP_TOOLS when that is set, else <repo>/.tools. Ends by
+# printing the environment the test suite reads (MOP_TOOLS).
 set -euo pipefail
 
 SECANTUS_VERSION="0.7.0b3"
 PYMONGO_VERSION="4.20.0"
+# The npm tree is pinned by scripts/tools-npm/package-lock.json (mongodb 7.9.0,
+# mongosh 2.12.0, @mongodb-js/oidc-mock-provider 0.13.18 and every transitive
+# dependency): resolving ranges afresh can pick versions the registry lacks.
 NPM_PACKAGES="mongodb@7.9.0 mongosh@2.12.0 @mongodb-js/oidc-mock-provider@0.13.18"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,19 +40,24 @@ mkdir -p "$TOOLS"
 
 # --- python venv: SecantusDB + pymongo ------------------------------------
 PY_PINS="SecantusDB==$SECANTUS_VERSION pymongo==$PYMONGO_VERSION"
+PY_REQS="$REPO/scripts/tools-requirements.txt"
+[ -f "$PY_REQS" ] || die "$PY_REQS is missing"
+grep -qx "SecantusDB==$SECANTUS_VERSION" "$PY_REQS" && grep -qx "pymongo==$PYMONGO_VERSION" "$PY_REQS" ||
+    die "$PY_REQS does not pin $PY_PINS"
+PY_PINS="$PY_PINS reqs:$(sha256sum "$PY_REQS" | cut -c1-16)"
 PY_STAMP="$TOOLS/venv/.mop-stamp"
 if [ -x "$TOOLS/venv/bin/secantusd-py" ] && [ "$(cat "$PY_STAMP" 2>/dev/null)" = "$PY_PINS" ]; then
-    log "python venv up to date ($PY_PINS)"
+    log "python venv up to date (SecantusDB==$SECANTUS_VERSION pymongo==$PYMONGO_VERSION)"
 else
     if [ ! -x "$TOOLS/venv/bin/python" ]; then
         log "creating python venv in $TOOLS/venv ..."
         python3 -m venv "$TOOLS/venv" ||
             die "python3 -m venv failed (Debian: apt-get install python3-venv)"
     fi
-    log "installing $PY_PINS into $TOOLS/venv ..."
-    # shellcheck disable=SC2086
-    "$TOOLS/venv/bin/python" -m pip install --quiet --disable-pip-version-check $PY_PINS ||
-        die "pip install of $PY_PINS failed"
+    log "installing SecantusDB==$SECANTUS_VERSION pymongo==$PYMONGO_VERSION (scripts/tools-requirements.txt) into $TOOLS/venv ..."
+    rm -f "$PY_STAMP"
+    "$TOOLS/venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$PY_REQS" ||
+        die "pip install -r $PY_REQS failed"
     "$TOOLS/venv/bin/python" -c 'import secantus, pymongo' ||
         die "the venv cannot import secantus/pymongo after the install"
     [ -x "$TOOLS/venv/bin/secantusd-py" ] || die "secantusd-py missing from $TOOLS/venv/bin after the install"
@@ -56,19 +65,23 @@ else
 fi
 
 # --- npm: node driver, mongosh, mock IdP ------------------------------------
+NPM_SRC="$REPO/scripts/tools-npm"
+[ -f "$NPM_SRC/package-lock.json" ] || die "$NPM_SRC/package-lock.json is missing"
+NPM_PINS="$NPM_PACKAGES lock:$(sha256sum "$NPM_SRC/package-lock.json" | cut -c1-16)"
 NPM_STAMP="$TOOLS/npm/.mop-stamp"
-if [ -x "$TOOLS/npm/node_modules/.bin/mongosh" ] && [ "$(cat "$NPM_STAMP" 2>/dev/null)" = "$NPM_PACKAGES" ]; then
+if [ -x "$TOOLS/npm/node_modules/.bin/mongosh" ] && [ "$(cat "$NPM_STAMP" 2>/dev/null)" = "$NPM_PINS" ]; then
     log "npm packages up to date ($NPM_PACKAGES)"
 else
-    log "installing $NPM_PACKAGES into $TOOLS/npm (takes about a minute) ..."
+    log "installing $NPM_PACKAGES into $TOOLS/npm (npm ci from scripts/tools-npm; about a minute) ..."
     mkdir -p "$TOOLS/npm"
-    # shellcheck disable=SC2086
-    npm install --prefix "$TOOLS/npm" --no-audit --no-fund --loglevel=error $NPM_PACKAGES ||
-        die "npm install of $NPM_PACKAGES failed"
+    cp "$NPM_SRC/package.json" "$NPM_SRC/package-lock.json" "$TOOLS/npm/"
+    rm -f "$NPM_STAMP"
+    npm ci --prefix "$TOOLS/npm" --no-audit --no-fund --loglevel=error ||
+        die "npm ci in $TOOLS/npm failed"
     [ -x "$TOOLS/npm/node_modules/.bin/mongosh" ] || die "mongosh missing from $TOOLS/npm after the install"
     [ -f "$TOOLS/npm/node_modules/@mongodb-js/oidc-mock-provider/package.json" ] ||
         die "@mongodb-js/oidc-mock-provider missing from $TOOLS/npm after the install"
-    echo "$NPM_PACKAGES" >"$NPM_STAMP"
+    echo "$NPM_PINS" >"$NPM_STAMP"
 fi
 
 log "done. Environment for the test suite:"

@@ -78,21 +78,21 @@ pub struct SecantusOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecantusError {
-    #[error("SecantusDB server binary not found ({SETUP_HINT})")]
-    NotFound,
-    #[error("cannot start {binary}: {source} ({SETUP_HINT})")]
+    #[error("SecantusDB server binary {} not found ({SETUP_HINT})", binary.display())]
+    NotFound { binary: PathBuf },
+    #[error("cannot start {}: {source} ({SETUP_HINT})", binary.display())]
     Spawn {
         binary: PathBuf,
         source: std::io::Error,
     },
-    #[error("{binary} exited with {status} before accepting connections on port {port}; its stderr:\n{stderr}")]
+    #[error("{} exited with {status} before accepting connections on port {port}; its stderr:\n{stderr}", binary.display())]
     Died {
         binary: PathBuf,
         port: u16,
         status: std::process::ExitStatus,
         stderr: String,
     },
-    #[error("{binary} did not accept connections on 127.0.0.1:{port} within {timeout:?}; its stderr:\n{stderr}")]
+    #[error("{} did not accept connections on 127.0.0.1:{port} within {timeout:?}; its stderr:\n{stderr}", binary.display())]
     StartTimeout {
         binary: PathBuf,
         port: u16,
@@ -216,7 +216,9 @@ pub fn find_secantusd(tools_dir: Option<&Path>) -> Option<PathBuf> {
 /// accepts connections.
 pub async fn start(opts: SecantusOptions) -> Result<RunningSecantus, SecantusError> {
     if !opts.secantusd.is_file() {
-        return Err(SecantusError::NotFound);
+        return Err(SecantusError::NotFound {
+            binary: opts.secantusd.clone(),
+        });
     }
     let (temp_dir, data_dir) = match &opts.data_dir {
         Some(d) => {
