@@ -303,15 +303,23 @@ backend_password_env = "DBA_PASSWORD"
         let err = error_for(|s| s.replace("auth_name_prefix", "authNamePrefix"));
         assert!(err.starts_with("config: TOML parse error at line"), "{err}");
         assert!(err.contains("unknown field `authNamePrefix`"), "{err}");
-        let err = error_for(|s| s.replace("address = \"127.0.0.1:27017\"", "address = \"nowhere\""));
+        let err =
+            error_for(|s| s.replace("address = \"127.0.0.1:27017\"", "address = \"nowhere\""));
         assert!(err.contains("invalid socket address syntax"), "{err}");
         let err = error_for(|s| format!("{s}\n[log]\nformat = \"xml\"\n"));
-        assert!(err.contains("unknown variant `xml`, expected `text` or `json`"), "{err}");
+        assert!(
+            err.contains("unknown variant `xml`, expected `text` or `json`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_missing_file_is_named() {
         let err = Config::load(Path::new("/nonexistent/proxy.toml")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/proxy.toml: cannot read the config file:"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/proxy.toml: cannot read the config file:"),
+            "{err}"
+        );
     }
 }

@@ -46,8 +46,12 @@ struct DemoGrant {
 
 pub async fn run(args: DemoArgs) -> Result<(), String> {
     let state = absolute(&args.state_dir)?;
-    std::fs::create_dir_all(&state).map_err(|e| format!("cannot create {}: {e}", state.display()))?;
-    println!("demo: writing development certificates to {}", state.join("certs").display());
+    std::fs::create_dir_all(&state)
+        .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+    println!(
+        "demo: writing development certificates to {}",
+        state.join("certs").display()
+    );
     let certs = crate::devcerts::generate(&state.join("certs"), &[]).map_err(|e| e.to_string())?;
 
     println!("demo: starting the development identity provider");
@@ -71,16 +75,37 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     };
 
     let config_path = state.join("proxy.toml");
-    std::fs::write(&config_path, demo_config(&args, &certs, &idp.issuer(), &idp.options().client_id, &backend_uri, &grants))
-        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-    let config = Config::load(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let running = crate::server::start(config).await.map_err(|e| e.to_string())?;
+    std::fs::write(
+        &config_path,
+        demo_config(
+            &args,
+            &certs,
+            &idp.issuer(),
+            &idp.options().client_id,
+            &backend_uri,
+            &grants,
+        ),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    let config =
+        Config::load(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let running = crate::server::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
 
     let alice = state.join("alice.jwt");
     let bob = state.join("bob.jwt");
     write_secret(&alice, &idp.token("alice", &["readWrite"], 3600))?;
     write_secret(&bob, &idp.token("bob", &["read"], 3600))?;
-    print_instructions(running.local_addr, running.metrics_addr, &certs.ca_cert, &idp.issuer(), &alice, &bob, &config_path);
+    print_instructions(
+        running.local_addr,
+        running.metrics_addr,
+        &certs.ca_cert,
+        &idp.issuer(),
+        &alice,
+        &bob,
+        &config_path,
+    );
     running.run_until_signal().await;
     Ok(())
 }
@@ -91,7 +116,11 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
 
 fn random_password() -> String {
     use rand::Rng;
-    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(24).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<(), String> {
@@ -104,13 +133,21 @@ fn write_secret(path: &Path, text: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn start_secantus(args: &DemoArgs, state: &Path) -> Result<(secantus::RunningSecantus, Vec<DemoGrant>), String> {
+async fn start_secantus(
+    args: &DemoArgs,
+    state: &Path,
+) -> Result<(secantus::RunningSecantus, Vec<DemoGrant>), String> {
     let secantusd = args
         .secantusd
         .clone()
         .or_else(|| secantus::find_secantusd(None))
-        .ok_or("demo: SecantusDB is not installed; run scripts/setup-tools.sh (or pass --backend-uri)")?;
-    let users = [("demo_rw", "readWriteAnyDatabase", "readWrite"), ("demo_ro", "readAnyDatabase", "read")];
+        .ok_or(
+            "demo: SecantusDB is not installed; run scripts/setup-tools.sh (or pass --backend-uri)",
+        )?;
+    let users = [
+        ("demo_rw", "readWriteAnyDatabase", "readWrite"),
+        ("demo_ro", "readAnyDatabase", "read"),
+    ];
     let mut grants = Vec::new();
     let mut backend_users = Vec::new();
     for (user, backend_role, group) in users {
@@ -122,9 +159,16 @@ async fn start_secantus(args: &DemoArgs, state: &Path) -> Result<(secantus::Runn
             password,
             roles: vec![(backend_role.into(), "admin".into())],
         });
-        grants.push(DemoGrant { role: group, backend_user: user.into(), password_file });
+        grants.push(DemoGrant {
+            role: group,
+            backend_user: user.into(),
+            password_file,
+        });
     }
-    println!("demo: starting SecantusDB ({}) with users demo_rw and demo_ro", secantusd.display());
+    println!(
+        "demo: starting SecantusDB ({}) with users demo_rw and demo_ro",
+        secantusd.display()
+    );
     let data_dir = state.join("secantus-data");
     let _ = std::fs::remove_dir_all(&data_dir);
     let running = secantus::start(secantus::SecantusOptions {
@@ -142,10 +186,15 @@ fn external_backend_grants(args: &DemoArgs, state: &Path) -> Result<Vec<DemoGran
     let (Some(user), Some(var)) = (&args.backend_user, &args.backend_password_env) else {
         return Err("demo: --backend-uri needs --backend-user and --backend-password-env".into());
     };
-    let password = std::env::var(var).map_err(|_| format!("demo: environment variable {var} is not set"))?;
+    let password =
+        std::env::var(var).map_err(|_| format!("demo: environment variable {var} is not set"))?;
     let password_file = state.join("backend.password");
     write_secret(&password_file, &password)?;
-    Ok(vec![DemoGrant { role: "readWrite", backend_user: user.clone(), password_file }])
+    Ok(vec![DemoGrant {
+        role: "readWrite",
+        backend_user: user.clone(),
+        password_file,
+    }])
 }
 
 fn toml_str(s: &str) -> String {
@@ -186,9 +235,24 @@ fn demo_config(
     text
 }
 
-fn print_instructions(addr: SocketAddr, metrics: Option<SocketAddr>, ca: &Path, issuer: &str, alice: &Path, bob: &Path, config: &Path) {
-    let host = if addr.ip().is_loopback() { format!("localhost:{}", addr.port()) } else { addr.to_string() };
-    let uri = format!("mongodb://{host}/?tls=true&tlsCAFile={}&authMechanism=MONGODB-OIDC", ca.display());
+fn print_instructions(
+    addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+    ca: &Path,
+    issuer: &str,
+    alice: &Path,
+    bob: &Path,
+    config: &Path,
+) {
+    let host = if addr.ip().is_loopback() {
+        format!("localhost:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let uri = format!(
+        "mongodb://{host}/?tls=true&tlsCAFile={}&authMechanism=MONGODB-OIDC",
+        ca.display()
+    );
     println!(
         r#"
 mongo-oidc-proxy demo is running (Ctrl-C stops everything).

@@ -28,6 +28,9 @@
 
 #![allow(dead_code)]
 
+pub mod proxy_env;
+pub mod wire_client;
+
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs the real third-party
+# parts the tests use (SecantusDB + pymongo in .tools/venv; the Node driver,
+# mongosh and MongoDB's oidc-mock-provider in .tools/npm), then runs every
+# Rust test (unit, integration, client end-to-end) and the lint gates.
+# Everything the tests start listens on free 127.0.0.1 ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test tools (skipped when already present)"
+bash scripts/setup-tools.sh
+export MOP_TOOLS="$PWD/.tools"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test --all-targets"
+# Client end-to-end tests start real servers; two at a time suits 2-core CI.
+cargo test --all-targets -- --test-threads=2

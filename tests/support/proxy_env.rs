@@ -1,0 +1,165 @@
+//! A proxy wired to real parts for one test: the shared SecantusDB backend,
+//! a fresh development IdP, shared development certificates.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use mongo_oidc_proxy::config::Config;
+use mongo_oidc_proxy::demo::secantus::BackendUser;
+use mongo_oidc_proxy::devidp::{DevIdp, DevIdpOptions};
+use mongo_oidc_proxy::server::{self, Running};
+
+use super::wire_client::WireClient;
+
+pub const AUDIENCE: &str = "api://proxy-tests";
+pub const PREFIX: &str = "test";
+/// Backend users every test environment can grant.
+pub const WRITER: (&str, &str) = ("app_rw", "app-rw-password");
+pub const READER: (&str, &str) = ("app_ro", "app-ro-password");
+
+/// One backend per test binary: SecantusDB (or `$MONGOD_URI`) started on a
+/// thread of its own so it outlives every test's runtime. The process ends
+/// with the test binary.
+pub fn backend_uri() -> &'static str {
+    static URI: OnceLock<String> = OnceLock::new();
+    URI.get_or_init(|| {
+        if let Ok(uri) = std::env::var("MONGOD_URI") {
+            return uri;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let users = vec![
+                    BackendUser::new(WRITER.0, WRITER.1, &[("readWrite", "app")]),
+                    BackendUser::new(READER.0, READER.1, &[("read", "app")]),
+                ];
+                let running = super::start_secantus(users).await;
+                let _ = tx.send(running.uri.clone());
+                // Hold the server for the life of the test binary.
+                std::future::pending::<()>().await;
+                drop(running);
+            });
+        });
+        rx.recv()
+            .expect("the backend thread died before SecantusDB was up")
+    })
+}
+
+/// Development certificates and password files shared by the binary's tests.
+pub fn shared_files() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        mongo_oidc_proxy::devcerts::generate(dir.path(), &[]).expect("development certificates");
+        std::fs::write(dir.path().join("rw.password"), WRITER.1).expect("password file");
+        std::fs::write(dir.path().join("ro.password"), READER.1).expect("password file");
+        dir
+    })
+    .path()
+}
+
+pub struct ProxyEnv {
+    pub idp: DevIdp,
+    pub running: Option<Running>,
+    pub config_text: String,
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// The default test config: the dev IdP (prefix `test`), writers and readers
+/// granted the two backend users. `extra` is appended verbatim (more IdPs or grants).
+pub fn config_text(issuer: &str, extra: &str) -> String {
+    let files = shared_files();
+    format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\ntls_cert = {cert}\ntls_key = {key}\n\n\
+         [backend]\nuri = {backend}\n\n\
+         [limits]\nauth_timeout_secs = 5\n\n\
+         [[identity_provider]]\nissuer = {issuer}\naudience = {aud}\nauth_name_prefix = {PREFIX:?}\nclient_id = \"test-client\"\njwks_min_quiesce_secs = 0\n\n\
+         [[grant]]\nrole = \"test/writers\"\nbackend_user = {rw}\nbackend_password_file = {rwf}\n\n\
+         [[grant]]\nrole = \"test/readers\"\nbackend_user = {ro}\nbackend_password_file = {rof}\n\n{extra}",
+        cert = toml_str(&files.join("server.pem").display().to_string()),
+        key = toml_str(&files.join("server.key").display().to_string()),
+        backend = toml_str(backend_uri()),
+        issuer = toml_str(issuer),
+        aud = toml_str(AUDIENCE),
+        rw = toml_str(WRITER.0),
+        rwf = toml_str(&files.join("rw.password").display().to_string()),
+        ro = toml_str(READER.0),
+        rof = toml_str(&files.join("ro.password").display().to_string()),
+    )
+}
+
+impl ProxyEnv {
+    pub async fn start() -> ProxyEnv {
+        ProxyEnv::start_with("").await
+    }
+
+    /// Starts a proxy whose config is the default plus `extra` TOML.
+    pub async fn start_with(extra: &str) -> ProxyEnv {
+        let idp = DevIdp::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            DevIdpOptions {
+                audience: AUDIENCE.into(),
+                client_id: "test-client".into(),
+                ..DevIdpOptions::default()
+            },
+        )
+        .await
+        .expect("development IdP");
+        let config_text = config_text(idp.issuer(), extra);
+        let config = Config::parse(&config_text)
+            .unwrap_or_else(|e| panic!("test config refused: {e}\n{config_text}"));
+        let running = server::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
+        ProxyEnv {
+            idp,
+            running: Some(running),
+            config_text,
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("proxy running")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.running().local_addr
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        shared_files().join("ca.pem")
+    }
+
+    /// A connection string for drivers (host `localhost`, as the certificate and
+    /// the drivers' OIDC ALLOWED_HOSTS defaults want).
+    pub fn uri(&self) -> String {
+        format!(
+            "mongodb://localhost:{}/?tls=true&tlsCAFile={}&authMechanism=MONGODB-OIDC",
+            self.addr().port(),
+            self.ca().display()
+        )
+    }
+
+    pub async fn client(&self) -> WireClient {
+        WireClient::connect(self.addr(), &self.ca()).await
+    }
+
+    /// A valid token for `sub` with these groups (without the prefix).
+    pub fn token(&self, sub: &str, groups: &[&str], ttl_secs: i64) -> String {
+        self.idp.token(sub, groups, ttl_secs)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
