@@ -1,5 +1,16 @@
-//! The identity-provider registry. (Stub: being written.)
+//! The identity-provider registry: IdP selection for step 1 (OIDC-REFERENCE
+//! §1.2), the IdP lookup for a token (§1.3), and full token verification with
+//! a cache of verified tokens for pooled drivers.
 
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use regex::Regex;
+use sha2::{Digest, Sha256};
+
+use super::jwks::{self, JwksCache};
+use super::jwt::{self, ClaimRules, Claims};
 use super::{AuthFailure, Identity};
 use crate::config::{ConfigError, IdentityProviderConfig};
 
@@ -19,32 +30,377 @@ pub struct Step1<'a> {
     pub hint: Option<&'a str>,
 }
 
+/// Verified tokens kept at most; a pooled driver reuses one token per connection.
+pub const TOKEN_CACHE_CAPACITY: usize = 10_000;
+
+struct Provider {
+    config: IdentityProviderConfig,
+    pattern: Option<Regex>,
+    jwks: Arc<JwksCache>,
+}
+
+struct CachedToken {
+    identity: Identity,
+    nbf: Option<f64>,
+    generation: u64,
+}
+
 pub struct IdpRegistry {
-    _configs: Vec<IdentityProviderConfig>,
+    providers: Vec<Provider>,
+    /// One cache per distinct issuer, shared by its providers.
+    caches: Vec<Arc<JwksCache>>,
+    verified: DashMap<[u8; 32], CachedToken>,
+    max_token_size: usize,
+    pollers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for IdpRegistry {
+    fn drop(&mut self) {
+        if let Ok(pollers) = self.pollers.get_mut() {
+            pollers.iter().for_each(|p| p.abort());
+        }
+    }
+}
+
+fn field(i: usize, name: &str) -> String {
+    format!("identity_provider[{i}].{name}")
 }
 
 impl IdpRegistry {
     pub fn new(configs: &[IdentityProviderConfig]) -> Result<IdpRegistry, ConfigError> {
+        let client = jwks::http_client().map_err(|m| ConfigError::new("identity_provider", m))?;
+        Self::with_client(configs, client)
+    }
+
+    /// As [`IdpRegistry::new`], with a caller-built HTTP client.
+    pub fn with_client(
+        configs: &[IdentityProviderConfig],
+        client: reqwest::Client,
+    ) -> Result<IdpRegistry, ConfigError> {
+        let mut caches: Vec<Arc<JwksCache>> = Vec::new();
+        let mut providers = Vec::with_capacity(configs.len());
+        for (i, c) in configs.iter().enumerate() {
+            let pattern = c
+                .match_pattern
+                .as_deref()
+                .map(Regex::new)
+                .transpose()
+                .map_err(|e| ConfigError::new(field(i, "match_pattern"), e.to_string()))?;
+            let jwks = match caches.iter().find(|j| j.issuer() == c.issuer) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let cache = JwksCache::new(
+                        &c.issuer,
+                        c.jwks_uri.as_deref(),
+                        c.jwks_min_quiesce_secs,
+                        client.clone(),
+                    )
+                    .map_err(|e| ConfigError::new(field(i, "issuer"), e.to_string()))?;
+                    let cache = Arc::new(cache);
+                    caches.push(cache.clone());
+                    cache
+                }
+            };
+            providers.push(Provider {
+                config: c.clone(),
+                pattern,
+                jwks,
+            });
+        }
         Ok(IdpRegistry {
-            _configs: configs.to_vec(),
+            providers,
+            caches,
+            verified: DashMap::new(),
+            max_token_size: jwt::DEFAULT_MAX_TOKEN_SIZE,
+            pollers: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    pub async fn load_all(&self) {}
-
-    pub fn select_for_hint(&self, _hint: Option<&str>) -> Result<usize, AuthFailure> {
-        Err(AuthFailure::NoIdentityProvider("not implemented".into()))
+    /// Overrides the token size cap.
+    pub fn with_max_token_size(mut self, max: usize) -> IdpRegistry {
+        self.max_token_size = max;
+        self
     }
 
-    pub fn info(&self, _idp: usize) -> Option<IdpInfo<'_>> {
-        None
+    /// Loads every issuer's keys concurrently; an unreachable IdP is logged
+    /// and start-up continues. Starts the periodic pollers.
+    pub async fn load_all(&self) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for cache in &self.caches {
+            let cache = cache.clone();
+            tasks.spawn(async move {
+                if let Err(e) = cache.load().await {
+                    tracing::warn!(issuer = %cache.issuer(), error = %e,
+                        "cannot load the identity provider's keys; its tokens fail until it is reachable");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        self.spawn_pollers();
     }
 
+    fn spawn_pollers(&self) {
+        let Ok(mut pollers) = self.pollers.lock() else {
+            return;
+        };
+        if !pollers.is_empty() {
+            return;
+        }
+        for cache in &self.caches {
+            let secs = self
+                .providers
+                .iter()
+                .find(|p| Arc::ptr_eq(&p.jwks, cache))
+                .map_or(0, |p| p.config.jwks_poll_secs);
+            if secs > 0 {
+                pollers.push(cache.spawn_poller(std::time::Duration::from_secs(secs)));
+            }
+        }
+    }
+
+    /// The JWKS cache of an issuer (for admin commands and tests).
+    pub fn jwks_for_issuer(&self, issuer: &str) -> Option<&Arc<JwksCache>> {
+        self.caches.iter().find(|c| c.issuer() == issuer)
+    }
+
+    /// All distinct issuers' caches, in config order.
+    pub fn jwks_caches(&self) -> &[Arc<JwksCache>] {
+        &self.caches
+    }
+
+    pub fn len(&self) -> usize {
+        self.providers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+    }
+
+    /// Step-1 IdP selection (OIDC-REFERENCE §1.2). Machine IdPs are
+    /// selectable by hint (departure table).
+    pub fn select_for_hint(&self, hint: Option<&str>) -> Result<usize, AuthFailure> {
+        let fail = |m: String| Err(AuthFailure::NoIdentityProvider(m));
+        if self.providers.is_empty() {
+            return fail("No identity providers registered".into());
+        }
+        let Some(hint) = hint else {
+            let mut human = self
+                .providers
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.config.supports_human_flows);
+            return match (human.next(), human.next()) {
+                (Some((i, _)), None) => Ok(i),
+                (Some(_), Some(_)) => fail(
+                    "Unable to determine identity provider, because multiple providers are known"
+                        .into(),
+                ),
+                (None, _) => fail(
+                    "Unable to determine identity provider, no provider supported human flows"
+                        .into(),
+                ),
+            };
+        };
+        self.providers
+            .iter()
+            .position(|p| p.pattern.as_ref().is_none_or(|re| re.is_match(hint)))
+            .map_or_else(
+                || {
+                    fail(format!(
+                        "No identity provider found using the hint '{hint}' provided"
+                    ))
+                },
+                Ok,
+            )
+    }
+
+    pub fn info(&self, idp: usize) -> Option<IdpInfo<'_>> {
+        let c = &self.providers.get(idp)?.config;
+        Some(IdpInfo {
+            issuer: &c.issuer,
+            client_id: c.client_id.as_deref().filter(|_| c.supports_human_flows),
+            request_scopes: &c.request_scopes,
+        })
+    }
+
+    /// Verifies a token at the current time.
     pub async fn verify(
         &self,
-        _token: &str,
-        _step1: Option<Step1<'_>>,
+        token: &str,
+        step1: Option<Step1<'_>>,
     ) -> Result<Identity, AuthFailure> {
-        Err(AuthFailure::MalformedToken("not implemented".into()))
+        self.verify_at(token, step1, unix_now()).await
     }
+
+    /// Verifies a token as of `now` (Unix seconds).
+    pub async fn verify_at(
+        &self,
+        token: &str,
+        step1: Option<Step1<'_>>,
+        now: u64,
+    ) -> Result<Identity, AuthFailure> {
+        if token.len() > self.max_token_size {
+            return Err(AuthFailure::TokenTooLarge(self.max_token_size));
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(identity) = self.cached(&digest, step1, now)? {
+            return Ok(identity);
+        }
+        let (identity, nbf) = self.verify_uncached(token, step1, now).await?;
+        self.remember(digest, &identity, nbf);
+        Ok(identity)
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        step1: Option<Step1<'_>>,
+        now: u64,
+    ) -> Result<(Identity, Option<f64>), AuthFailure> {
+        let jws = jwt::split(token, self.max_token_size)?;
+        let header_bytes = jws.decode_header()?;
+        let header = jwt::parse_header(&header_bytes)?;
+        let payload = jws.decode_payload()?;
+        let claims = jwt::parse_claims(&payload)?;
+        let idx = self.provider_for(&claims, step1)?;
+        let provider = self.providers.get(idx).ok_or_else(no_such_idp)?;
+        // Cheap refusals first, so an expired token never triggers a JWKS fetch.
+        jwt::check_times(claims.exp, claims.nbf, now)?;
+        let key = provider.jwks.key_for(&header.kid).await?;
+        jwt::verify_signature(&jws, header.alg, &key)?;
+        let identity = jwt::check_claims(
+            &claims,
+            &ClaimRules::from_config(&provider.config),
+            idx,
+            now,
+        )?;
+        check_hint(&identity, step1)?;
+        Ok((identity, claims.nbf))
+    }
+
+    /// The provider a token belongs to: the step-1 choice, else by (iss, aud).
+    fn provider_for(
+        &self,
+        claims: &Claims<'_>,
+        step1: Option<Step1<'_>>,
+    ) -> Result<usize, AuthFailure> {
+        if let Some(step1) = step1 {
+            let c = &self
+                .providers
+                .get(step1.idp)
+                .ok_or_else(no_such_idp)?
+                .config;
+            if claims.iss != c.issuer {
+                return Err(AuthFailure::Issuer(format!(
+                    "Token issuer '{}' does not match that inferred from principal name hint '{}'",
+                    claims.iss, c.issuer
+                )));
+            }
+            if !claims.aud.contains(&c.audience) {
+                return Err(AuthFailure::Audience(format!(
+                    "Token audience '{}' does not match that inferred from principal name hint '{}'",
+                    claims.aud, c.audience
+                )));
+            }
+            return Ok(step1.idp);
+        }
+        let mut same_issuer = self
+            .providers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.config.issuer == claims.iss)
+            .peekable();
+        if same_issuer.peek().is_none() {
+            return Err(AuthFailure::Issuer(format!(
+                "Unknown Identity Provider '{}'",
+                claims.iss
+            )));
+        }
+        same_issuer
+            .find(|(_, p)| claims.aud.contains(&p.config.audience))
+            .map(|(i, _)| i)
+            .ok_or_else(|| {
+                AuthFailure::Audience(format!(
+                    "Unknown audience name '{}' for Identity Provider '{}'",
+                    claims.aud, claims.iss
+                ))
+            })
+    }
+
+    fn cached(
+        &self,
+        digest: &[u8; 32],
+        step1: Option<Step1<'_>>,
+        now: u64,
+    ) -> Result<Option<Identity>, AuthFailure> {
+        let Some(entry) = self.verified.get(digest) else {
+            return Ok(None);
+        };
+        let current = self
+            .providers
+            .get(entry.identity.idp)
+            .map(|p| p.jwks.generation());
+        let stale = current != Some(entry.generation) || entry.identity.expires_at <= now;
+        let for_other_idp = step1.is_some_and(|s| s.idp != entry.identity.idp);
+        if stale || for_other_idp {
+            drop(entry);
+            // The full path gives the precise failure (expired, issuer, ...).
+            self.verified.remove(digest);
+            return Ok(None);
+        }
+        jwt::check_times(f64::MAX, entry.nbf, now)?;
+        check_hint(&entry.identity, step1)?;
+        Ok(Some(entry.identity.clone()))
+    }
+
+    fn remember(&self, digest: [u8; 32], identity: &Identity, nbf: Option<f64>) {
+        let Some(provider) = self.providers.get(identity.idp) else {
+            return;
+        };
+        if self.verified.len() >= TOKEN_CACHE_CAPACITY {
+            self.evict(unix_now());
+        }
+        self.verified.insert(
+            digest,
+            CachedToken {
+                identity: identity.clone(),
+                nbf,
+                generation: provider.jwks.generation(),
+            },
+        );
+    }
+
+    /// Drops expired entries; if the cache is still full, drops everything
+    /// (a re-verification is only a signature check away).
+    fn evict(&self, now: u64) {
+        self.verified.retain(|_, e| e.identity.expires_at > now);
+        if self.verified.len() >= TOKEN_CACHE_CAPACITY {
+            self.verified.clear();
+        }
+    }
+
+    /// Entries in the verified-token cache (tests, metrics).
+    pub fn cached_tokens(&self) -> usize {
+        self.verified.len()
+    }
+}
+
+fn check_hint(identity: &Identity, step1: Option<Step1<'_>>) -> Result<(), AuthFailure> {
+    match step1.and_then(|s| s.hint) {
+        Some(hint) if hint != identity.principal => Err(AuthFailure::PrincipalChanged {
+            hint: hint.to_owned(),
+            principal: identity.principal.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn no_such_idp() -> AuthFailure {
+    AuthFailure::NoIdentityProvider("step 1 chose an identity provider that does not exist".into())
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -1,6 +1,7 @@
 //! The TOML configuration file: its shape (snake_case versions of MongoDB's
 //! `oidcIdentityProviders` fields) and its validation.
 
+mod identity_provider;
 mod validate;
 
 use std::net::SocketAddr;
