@@ -177,9 +177,9 @@ fn convert_key(jwk: &Value, kty: &str, kid: &str) -> Result<Converted, JwksError
         message,
     };
     match kty {
-        "RSA" => rsa_key(jwk).map(Some).map_err(bad),
-        "EC" => ec_key(jwk).map(Some).map_err(bad),
-        "OKP" => okp_key(jwk, kid).map_err(bad),
+        "RSA" => convert_rsa(jwk).map(Some).map_err(bad),
+        "EC" => convert_ec(jwk).map(Some).map_err(bad),
+        "OKP" => convert_okp(jwk, kid).map_err(bad),
         other => {
             tracing::warn!(kid, kty = other, "skipping JWK of unsupported key type");
             Ok(None)
@@ -209,7 +209,7 @@ fn bit_len(be: &[u8]) -> usize {
     }
 }
 
-fn rsa_key(jwk: &Value) -> Result<(KeyKind, DecodingKey), String> {
+fn convert_rsa(jwk: &Value) -> Result<(KeyKind, DecodingKey), String> {
     let n_raw = member(jwk, "n")?;
     let e_raw = member(jwk, "e")?;
     let (n, e) = (strip_zeros(&n_raw), strip_zeros(&e_raw));
@@ -235,7 +235,7 @@ fn rsa_key(jwk: &Value) -> Result<(KeyKind, DecodingKey), String> {
     Ok((KeyKind::Rsa { bits }, key))
 }
 
-fn ec_key(jwk: &Value) -> Result<(KeyKind, DecodingKey), String> {
+fn convert_ec(jwk: &Value) -> Result<(KeyKind, DecodingKey), String> {
     let crv = jwk.get("crv").and_then(Value::as_str).unwrap_or_default();
     let (kind, size) = match crv {
         "P-256" => (KeyKind::EcP256, 32),
@@ -260,7 +260,7 @@ fn ec_key(jwk: &Value) -> Result<(KeyKind, DecodingKey), String> {
     Ok((kind, DecodingKey::from_ec_der(&sec1)))
 }
 
-fn okp_key(jwk: &Value, kid: &str) -> Result<Converted, String> {
+fn convert_okp(jwk: &Value, kid: &str) -> Result<Converted, String> {
     let crv = jwk.get("crv").and_then(Value::as_str).unwrap_or_default();
     if crv != "Ed25519" {
         tracing::warn!(kid, crv, "skipping OKP JWK of unsupported curve");
@@ -515,4 +515,553 @@ pub async fn get_capped(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Keys, signed tokens and a local IdP for the auth tests.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::traits::PublicKeyParts;
+    use serde_json::{json, Value};
+
+    /// A signing key and its public JWK.
+    #[derive(Clone)]
+    pub struct TestKey {
+        pub kid: String,
+        pub alg: Algorithm,
+        pub enc: Arc<EncodingKey>,
+        pub jwk: Value,
+    }
+
+    fn rsa_private() -> &'static rsa::RsaPrivateKey {
+        static KEY: OnceLock<rsa::RsaPrivateKey> = OnceLock::new();
+        KEY.get_or_init(|| rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap())
+    }
+
+    pub fn rsa_key(kid: &str, alg: Algorithm) -> TestKey {
+        let private = rsa_private();
+        let der = private.to_pkcs1_der().unwrap();
+        TestKey {
+            kid: kid.into(),
+            alg,
+            enc: Arc::new(EncodingKey::from_rsa_der(der.as_bytes())),
+            jwk: json!({"kty": "RSA", "kid": kid, "use": "sig",
+                "n": B64.encode(private.n().to_bytes_be()),
+                "e": B64.encode(private.e().to_bytes_be())}),
+        }
+    }
+
+    pub fn p256_key(kid: &str) -> TestKey {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        use p256::pkcs8::EncodePrivateKey;
+        let secret = p256::SecretKey::random(&mut rand::thread_rng());
+        let point = secret.public_key().to_encoded_point(false);
+        let der = secret.to_pkcs8_der().unwrap();
+        TestKey {
+            kid: kid.into(),
+            alg: Algorithm::ES256,
+            enc: Arc::new(EncodingKey::from_ec_der(der.as_bytes())),
+            jwk: json!({"kty": "EC", "kid": kid, "crv": "P-256",
+                "x": B64.encode(point.x().unwrap()), "y": B64.encode(point.y().unwrap())}),
+        }
+    }
+
+    pub fn p384_key(kid: &str) -> TestKey {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let raw = pair.public_key_raw();
+        TestKey {
+            kid: kid.into(),
+            alg: Algorithm::ES384,
+            enc: Arc::new(EncodingKey::from_ec_der(&pair.serialize_der())),
+            jwk: json!({"kty": "EC", "kid": kid, "crv": "P-384",
+                "x": B64.encode(&raw[1..49]), "y": B64.encode(&raw[49..97])}),
+        }
+    }
+
+    pub fn ed25519_key(kid: &str) -> TestKey {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        TestKey {
+            kid: kid.into(),
+            alg: Algorithm::EdDSA,
+            enc: Arc::new(EncodingKey::from_ed_der(&pair.serialize_der())),
+            jwk: json!({"kty": "OKP", "kid": kid, "crv": "Ed25519",
+                "x": B64.encode(pair.public_key_raw())}),
+        }
+    }
+
+    pub fn jwks_of(keys: &[&TestKey]) -> String {
+        json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}).to_string()
+    }
+
+    /// Signs arbitrary header and payload JSON text, so malformed tokens can be built.
+    pub fn sign_raw(key: &TestKey, alg: Algorithm, header: &str, payload: &str) -> String {
+        let input = format!("{}.{}", B64.encode(header), B64.encode(payload));
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key.enc, alg).unwrap();
+        format!("{input}.{sig}")
+    }
+
+    /// A well-formed token signed by `key` with its own alg and kid.
+    pub fn sign(key: &TestKey, claims: &Value) -> String {
+        let header = json!({"alg": key.alg, "kid": key.kid, "typ": "JWT"});
+        sign_raw(key, key.alg, &header.to_string(), &claims.to_string())
+    }
+
+    /// What the local IdP serves; tests change it between requests.
+    pub struct IdpState {
+        pub jwks: String,
+        pub jwks_status: u16,
+        /// `None`: the discovery document names the server's own base URL.
+        pub discovery_issuer: Option<String>,
+        pub base: String,
+        pub discovery_hits: usize,
+        pub jwks_hits: usize,
+    }
+
+    pub type Shared = Arc<Mutex<IdpState>>;
+
+    async fn discovery(State(s): State<Shared>) -> impl IntoResponse {
+        let mut s = s.lock().unwrap();
+        s.discovery_hits += 1;
+        let issuer = s.discovery_issuer.clone().unwrap_or_else(|| s.base.clone());
+        axum::Json(json!({"issuer": issuer, "jwks_uri": format!("{}/jwks", s.base)}))
+    }
+
+    async fn jwks(State(s): State<Shared>) -> impl IntoResponse {
+        let mut s = s.lock().unwrap();
+        s.jwks_hits += 1;
+        (StatusCode::from_u16(s.jwks_status).unwrap(), s.jwks.clone())
+    }
+
+    /// Serves discovery at `/.well-known/openid-configuration` and keys at
+    /// `/jwks` on 127.0.0.1; the issuer is the base URL.
+    pub async fn serve_idp(jwks_body: String) -> (String, Shared) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(IdpState {
+            jwks: jwks_body,
+            jwks_status: 200,
+            discovery_issuer: None,
+            base: base.clone(),
+            discovery_hits: 0,
+            jwks_hits: 0,
+        }));
+        let app = axum::Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (base, state)
+    }
+
+    pub fn client() -> reqwest::Client {
+        super::http_client().unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::*;
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use jsonwebtoken::Algorithm;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<KeySet, JwksError> {
+        parse_jwks(v.to_string().as_bytes())
+    }
+
+    fn key_err(kid: &str, message: &str) -> Result<(), JwksError> {
+        Err(JwksError::Key {
+            kid: kid.into(),
+            message: message.into(),
+        })
+    }
+
+    fn rsa_jwk(kid: &str, n: &[u8], e: &[u8]) -> Value {
+        json!({"kty": "RSA", "kid": kid, "n": B64.encode(n), "e": B64.encode(e)})
+    }
+
+    #[test]
+    fn parses_every_supported_key_type() {
+        let (r, e2, e3, ed) = (
+            rsa_key("r", Algorithm::RS256),
+            p256_key("e2"),
+            p384_key("e3"),
+            ed25519_key("ed"),
+        );
+        let set = parse_jwks(jwks_of(&[&r, &e2, &e3, &ed]).as_bytes()).unwrap();
+        assert_eq!(set.len(), 4);
+        assert_eq!(set.get("r").unwrap().kind, KeyKind::Rsa { bits: 2048 });
+        assert_eq!(set.get("e2").unwrap().kind, KeyKind::EcP256);
+        assert_eq!(set.get("e3").unwrap().kind, KeyKind::EcP384);
+        assert_eq!(set.get("ed").unwrap().kind, KeyKind::Ed25519);
+        assert_eq!(set.to_jwks_json()["keys"][0], r.jwk);
+    }
+
+    #[test]
+    fn key_rules() {
+        let big_n = [0xc5u8; 256];
+        let p256 = p256_key("p").jwk;
+        let mut small_x = p256.clone();
+        small_x["x"] = json!(B64.encode([1u8; 31]));
+        let mut off_curve = p256.clone();
+        off_curve["y"] = json!(B64.encode([1u8; 32]));
+        let mut zero_padded = vec![0u8];
+        zero_padded.extend_from_slice(&[0xffu8; 255]);
+        let cases: Vec<(&str, Value, Result<(), JwksError>)> = vec![
+            (
+                "unsupported kty skipped",
+                json!({"kty": "oct", "kid": "s", "k": "AAAA"}),
+                Ok(()),
+            ),
+            (
+                "unknown kty skipped",
+                json!({"kty": "XYZ", "kid": "u"}),
+                Ok(()),
+            ),
+            (
+                "X25519 skipped",
+                json!({"kty": "OKP", "kid": "x", "crv": "X25519", "x": "AA"}),
+                Ok(()),
+            ),
+            (
+                "missing kty",
+                json!({"kid": "a"}),
+                Err(JwksError::Format(
+                    "key #0: 'kty' is missing or not a string".into(),
+                )),
+            ),
+            (
+                "missing kid",
+                json!({"kty": "RSA"}),
+                Err(JwksError::Format(
+                    "key #0: 'kid' is missing or not a string".into(),
+                )),
+            ),
+            (
+                "empty kid",
+                json!({"kty": "RSA", "kid": ""}),
+                Err(JwksError::Format("key #0: 'kid' is empty".into())),
+            ),
+            (
+                "not an object",
+                json!("k"),
+                Err(JwksError::Format("key #0: is not an object".into())),
+            ),
+            (
+                "RSA 1024 bits",
+                rsa_jwk("r", &[0xc5u8; 128], &[1, 0, 1]),
+                key_err(
+                    "r",
+                    "Key scale is smaller (1024 bits) than minimum required: 2048",
+                ),
+            ),
+            (
+                "RSA leading zeros stripped",
+                rsa_jwk("r", &zero_padded, &[1, 0, 1]),
+                key_err(
+                    "r",
+                    "Key scale is smaller (2040 bits) than minimum required: 2048",
+                ),
+            ),
+            (
+                "RSA exponent 2",
+                rsa_jwk("r", &big_n, &[2]),
+                key_err(
+                    "r",
+                    "Public key component invalid: exponent must be greater than 2",
+                ),
+            ),
+            (
+                "RSA exponent 1",
+                rsa_jwk("r", &big_n, &[0, 1]),
+                key_err(
+                    "r",
+                    "Public key component invalid: exponent must be greater than 2",
+                ),
+            ),
+            (
+                "RSA missing n",
+                json!({"kty": "RSA", "kid": "r", "e": "AQAB"}),
+                key_err("r", "'n' is missing or not a string"),
+            ),
+            (
+                "RSA n not base64",
+                json!({"kty": "RSA", "kid": "r", "n": "!!", "e": "AQAB"}),
+                key_err("r", "'n' is not base64url"),
+            ),
+            (
+                "EC P-521",
+                json!({"kty": "EC", "kid": "e", "crv": "P-521", "x": "AA", "y": "AA"}),
+                key_err("e", "EC curve 'P-521' is not supported (P-256, P-384)"),
+            ),
+            (
+                "EC short x",
+                small_x,
+                key_err("p", "'P-256' coordinates must be 32 bytes each"),
+            ),
+            (
+                "EC off curve",
+                off_curve,
+                key_err("p", "P-256 point is not on the curve"),
+            ),
+            (
+                "Ed25519 short",
+                json!({"kty": "OKP", "kid": "d", "crv": "Ed25519", "x": B64.encode([1u8; 31])}),
+                key_err("d", "'Ed25519' public key must be 32 bytes"),
+            ),
+        ];
+        for (name, jwk, want) in cases {
+            let got = parse(json!({"keys": [jwk]})).map(|set| assert!(set.is_empty(), "{name}"));
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn document_rules() {
+        let k = rsa_key("a", Algorithm::RS256).jwk;
+        assert_eq!(
+            parse(json!({"keys": [k.clone(), k]})).unwrap_err(),
+            JwksError::DuplicateKid("a".into())
+        );
+        for bad in [&b"[]"[..], b"{}", b"{\"keys\": 1}", b"not json"] {
+            assert!(matches!(parse_jwks(bad), Err(JwksError::Format(_))));
+        }
+        assert!(parse(json!({"keys": []})).unwrap().is_empty());
+    }
+
+    #[test]
+    fn alg_must_fit_key_kind() {
+        use Algorithm::*;
+        let rsa = KeyKind::Rsa { bits: 2048 };
+        assert!(rsa.fits(RS256) && rsa.fits(PS512) && !rsa.fits(ES256) && !rsa.fits(HS256));
+        assert!(KeyKind::EcP256.fits(ES256) && !KeyKind::EcP256.fits(ES384));
+        assert!(KeyKind::EcP384.fits(ES384) && !KeyKind::EcP384.fits(ES256));
+        assert!(KeyKind::Ed25519.fits(EdDSA) && !KeyKind::Ed25519.fits(ES256));
+    }
+
+    #[test]
+    fn url_rules() {
+        for ok in [
+            "https://idp.example.com",
+            "http://127.0.0.1:8080/x",
+            "http://127.5.0.1",
+            "http://[::1]:80",
+            "http://localhost:9000",
+            "http://LOCALHOST",
+        ] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://example.com",
+            "http://10.0.0.1",
+            "ftp://x",
+            "not a url",
+            "http://localhost.evil.com",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            JwksCache::new("http://idp.example.com", None, 60, client()),
+            Err(JwksError::Url { .. })
+        ));
+        assert!(matches!(
+            JwksCache::new(
+                "https://idp.example.com",
+                Some("http://idp.example.com/k"),
+                60,
+                client()
+            ),
+            Err(JwksError::Url { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn discovery_then_jwks() {
+        let a = rsa_key("a", Algorithm::RS256);
+        let (base, state) = serve_idp(jwks_of(&[&a])).await;
+        let cache = JwksCache::new(&base, None, 60, client()).unwrap();
+        cache.load().await.unwrap();
+        assert!(cache.key_for("a").await.is_ok());
+        let s = state.lock().unwrap();
+        assert_eq!(
+            (s.discovery_hits, s.jwks_hits, cache.fetch_count()),
+            (1, 1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn issuer_with_trailing_slash_discovers_without_double_slash() {
+        let a = rsa_key("a", Algorithm::RS256);
+        let (base, state) = serve_idp(jwks_of(&[&a])).await;
+        let issuer = format!("{base}/");
+        state.lock().unwrap().discovery_issuer = Some(issuer.clone());
+        let cache = JwksCache::new(&issuer, None, 60, client()).unwrap();
+        cache.load().await.unwrap();
+        assert_eq!(cache.keys().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn configured_jwks_uri_skips_discovery() {
+        let a = rsa_key("a", Algorithm::RS256);
+        let (base, state) = serve_idp(jwks_of(&[&a])).await;
+        let uri = format!("{base}/jwks");
+        let cache = JwksCache::new("https://issuer.example", Some(&uri), 60, client()).unwrap();
+        cache.load().await.unwrap();
+        assert_eq!(cache.keys().len(), 1);
+        assert_eq!(state.lock().unwrap().discovery_hits, 0);
+    }
+
+    #[tokio::test]
+    async fn discovery_issuer_mismatch_fails() {
+        let a = rsa_key("a", Algorithm::RS256);
+        let (base, state) = serve_idp(jwks_of(&[&a])).await;
+        state.lock().unwrap().discovery_issuer = Some("https://other.example".into());
+        let cache = JwksCache::new(&base, None, 60, client()).unwrap();
+        let err = cache.load().await.unwrap_err();
+        assert!(
+            matches!(&err, JwksError::Discovery { message, .. }
+            if message.contains("does not equal the configured")),
+            "{err}"
+        );
+        assert!(cache.keys().is_empty());
+        assert_eq!(state.lock().unwrap().jwks_hits, 0);
+    }
+
+    #[tokio::test]
+    async fn rotation_refreshes_just_in_time_once() {
+        let (a, b) = (
+            rsa_key("a", Algorithm::RS256),
+            rsa_key("b", Algorithm::RS256),
+        );
+        let (base, state) = serve_idp(jwks_of(&[&a])).await;
+        let cache = JwksCache::new(&base, None, 0, client()).unwrap();
+        cache.load().await.unwrap();
+        let gen0 = cache.generation();
+        state.lock().unwrap().jwks = jwks_of(&[&b]);
+        assert_eq!(cache.key_for("b").await.unwrap().kid, "b");
+        assert_eq!(cache.fetch_count(), 2);
+        assert!(cache.keys().get("a").is_none());
+        assert_eq!(
+            cache.generation(),
+            gen0 + 1,
+            "a removed key bumps the generation"
+        );
+        assert!(cache.key_for("b").await.is_ok());
+        assert_eq!(cache.fetch_count(), 2, "known kid never fetches");
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_flood_fetches_at_most_once_per_quiesce() {
+        let a = rsa_key("a", Algorithm::RS256);
+        let (base, state) = serve_idp(jwks_of(&[&a])).await;
+        let cache = Arc::new(JwksCache::new(&base, None, 60, client()).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let cache = cache.clone();
+            tasks.spawn(async move { cache.key_for(&format!("nope-{i}")).await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            assert!(matches!(r.unwrap(), Err(AuthFailure::UnknownKey(_))));
+        }
+        assert_eq!(cache.fetch_count(), 1);
+        assert_eq!(state.lock().unwrap().jwks_hits, 1);
+        let err = cache.key_for("b").await.unwrap_err();
+        assert!(err.to_string().contains("quiesce"), "{err}");
+        assert_eq!(cache.key_for("a").await.unwrap().kid, "a");
+    }
+
+    #[tokio::test]
+    async fn fetch_failure_keeps_old_keys() {
+        let a = rsa_key("a", Algorithm::RS256);
+        let (base, state) = serve_idp(jwks_of(&[&a])).await;
+        let cache = JwksCache::new(&base, None, 0, client()).unwrap();
+        cache.load().await.unwrap();
+        state.lock().unwrap().jwks_status = 500;
+        assert!(matches!(
+            cache.key_for("b").await,
+            Err(AuthFailure::UnknownKey(_))
+        ));
+        let err = cache.load().await.unwrap_err();
+        assert!(matches!(&err, JwksError::Http { message, .. } if message.contains("500")));
+        assert!(cache.key_for("a").await.is_ok());
+        // An invalid set is refused whole, too.
+        state.lock().unwrap().jwks_status = 200;
+        state.lock().unwrap().jwks = json!({"keys": [{"kty": "RSA", "kid": ""}]}).to_string();
+        assert!(cache.load().await.is_err());
+        assert!(cache.key_for("a").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn body_size_is_capped() {
+        let a = rsa_key("a", Algorithm::RS256);
+        let (base, _state) = serve_idp(jwks_of(&[&a])).await;
+        let cache = JwksCache::new(&base, Some(&format!("{base}/jwks")), 60, client())
+            .unwrap()
+            .with_max_body(100);
+        let err = cache.load().await.unwrap_err();
+        assert!(
+            matches!(&err, JwksError::Http { message, .. }
+            if message == "response is larger than 100 bytes"),
+            "{err}"
+        );
+    }
+
+    /// A chunked body has no Content-Length: the cap must hold while streaming.
+    #[tokio::test]
+    async fn chunked_body_size_is_capped() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = sock.read(&mut buf).await;
+            let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for _ in 0..20 {
+                resp.extend_from_slice(b"40\r\n");
+                resp.extend_from_slice(&[b' '; 64]);
+                resp.extend_from_slice(b"\r\n");
+            }
+            resp.extend_from_slice(b"0\r\n\r\n");
+            let _ = sock.write_all(&resp).await;
+        });
+        let err = get_capped(&client(), &url, 1000).await.unwrap_err();
+        assert!(
+            matches!(&err, JwksError::Http { message, .. }
+            if message == "response is larger than 1000 bytes"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn poller_picks_up_new_keys() {
+        let (a, b) = (
+            rsa_key("a", Algorithm::RS256),
+            rsa_key("b", Algorithm::RS256),
+        );
+        let (base, state) = serve_idp(jwks_of(&[&a])).await;
+        let cache = Arc::new(JwksCache::new(&base, None, 60, client()).unwrap());
+        cache.load().await.unwrap();
+        state.lock().unwrap().jwks = jwks_of(&[&a, &b]);
+        let poller = cache.spawn_poller(Duration::from_millis(50));
+        for _ in 0..100 {
+            if cache.keys().get("b").is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        poller.abort();
+        assert!(cache.keys().get("b").is_some());
+        assert_eq!(cache.generation(), 0, "adding a key is not a change");
+    }
 }
