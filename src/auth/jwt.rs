@@ -90,16 +90,6 @@ pub struct Header<'a> {
     pub kid: Cow<'a, str>,
 }
 
-#[derive(Deserialize)]
-struct RawHeader<'a> {
-    #[serde(borrow, default)]
-    alg: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    kid: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    typ: Option<Cow<'a, str>>,
-}
-
 /// Maps an `alg` onto the allow-list. `none` and HS* are refused here, before
 /// any key is looked up, so a public key can never become an HMAC secret.
 pub fn allowed_alg(alg: &str) -> Result<Algorithm, AuthFailure> {
@@ -130,14 +120,22 @@ fn typ_ok(typ: &str) -> bool {
 }
 
 pub fn parse_header(bytes: &[u8]) -> Result<Header<'_>, AuthFailure> {
-    let raw: RawHeader<'_> = serde_json::from_slice(bytes)
+    let Members(members) = serde_json::from_slice(bytes)
         .map_err(|e| malformed(format!("header is not a valid JOSE header: {e}")))?;
-    let alg = raw.alg.ok_or_else(|| malformed("header has no 'alg'"))?;
+    let field = |name: &str| -> Result<Option<Cow<'_, str>>, AuthFailure> {
+        match members.iter().find(|(n, _)| n == name) {
+            None => Ok(None),
+            Some((_, raw)) => str_of(raw)
+                .map(Some)
+                .ok_or_else(|| malformed(format!("header '{name}' must be a string"))),
+        }
+    };
+    let alg = field("alg")?.ok_or_else(|| malformed("header has no 'alg'"))?;
     let alg = allowed_alg(&alg)?;
-    if let Some(typ) = raw.typ.as_deref().filter(|t| !typ_ok(t)) {
+    if let Some(typ) = field("typ")?.filter(|t| !typ_ok(t)) {
         return Err(malformed(format!("Unknown type of token '{typ}'")));
     }
-    let kid = raw.kid.ok_or_else(|| malformed("header has no 'kid'"))?;
+    let kid = field("kid")?.ok_or_else(|| malformed("header has no 'kid'"))?;
     if kid.is_empty() {
         return Err(malformed("header 'kid' is empty"));
     }
@@ -451,4 +449,465 @@ pub fn parse_unverified(token: &str, max_size: usize) -> Result<(), AuthFailure>
     let payload = jws.decode_payload()?;
     parse_claims(&payload)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::jwks::testkit::*;
+    use crate::auth::jwks::{parse_jwks, KeySet};
+    use serde_json::{json, Value};
+
+    const NOW: u64 = 1_700_000_000;
+    const ISS: &str = "https://idp.example.com";
+    const AUD: &str = "api://mongodb";
+
+    fn claims() -> Value {
+        json!({"iss": ISS, "sub": "alice@example.com", "aud": AUD, "exp": NOW + 300,
+            "groups": ["dba", "readers"], "email": "alice@example.com"})
+    }
+
+    fn rules(log: &[String]) -> ClaimRules<'_> {
+        ClaimRules {
+            issuer: ISS,
+            audience: AUD,
+            auth_name_prefix: "okta",
+            principal_name: "sub",
+            authorization_claim: Some("groups"),
+            log_claims: log,
+        }
+    }
+
+    fn m(s: &str) -> AuthFailure {
+        AuthFailure::MalformedToken(s.into())
+    }
+
+    /// Splits, parses and checks claims with `rules`, no signature.
+    fn check(token_claims: &Value, r: &ClaimRules<'_>) -> Result<Identity, AuthFailure> {
+        let payload = token_claims.to_string();
+        check_claims(&parse_claims(payload.as_bytes())?, r, 0, NOW)
+    }
+
+    fn b64(s: &str) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    fn header_result(header: Value) -> Result<Algorithm, AuthFailure> {
+        let bytes = header.to_string();
+        parse_header(bytes.as_bytes()).map(|h| h.alg)
+    }
+
+    #[test]
+    fn compact_serialization_rules() {
+        let h = b64(r#"{"alg":"RS256","kid":"a"}"#);
+        let p = b64(r#"{}"#);
+        let cases: Vec<(String, AuthFailure)> = vec![
+            ("abc".into(), m("missing JWS delimiter")),
+            (format!("{h}.{p}"), m("missing JWS delimiter")),
+            (
+                format!("{h}.{p}.c2ln.x"),
+                m("too many delimiters in JWS token"),
+            ),
+            (format!("{h}.{p}."), m("signature is not base64url")),
+            (format!("{h}.{p}.c2ln="), m("signature is not base64url")),
+            (format!("{h}.{p}.c+ln"), m("signature is not base64url")),
+            (format!("{h}=.{p}.c2ln"), m("header is not base64url")),
+            (format!("!!.{p}.c2ln"), m("header is not base64url")),
+            (format!("{h}.{p}*.c2ln"), m("payload is not base64url")),
+            (
+                "x".repeat(DEFAULT_MAX_TOKEN_SIZE + 1),
+                AuthFailure::TokenTooLarge(DEFAULT_MAX_TOKEN_SIZE),
+            ),
+        ];
+        for (token, want) in cases {
+            assert_eq!(
+                parse_unverified(&token, DEFAULT_MAX_TOKEN_SIZE).unwrap_err(),
+                want,
+                "{token:.40}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_rules() {
+        let alg = |s: &str| AuthFailure::Algorithm(format!("Unknown hashing algorithm: '{s}'"));
+        let cases: Vec<(Value, Result<Algorithm, AuthFailure>)> = vec![
+            (json!({"alg": "RS256", "kid": "a"}), Ok(Algorithm::RS256)),
+            (
+                json!({"alg": "PS512", "kid": "a", "typ": "JWT"}),
+                Ok(Algorithm::PS512),
+            ),
+            (
+                json!({"alg": "ES384", "kid": "a", "typ": "at+jwt"}),
+                Ok(Algorithm::ES384),
+            ),
+            (
+                json!({"alg": "EdDSA", "kid": "a", "typ": "Application/AT+JWT"}),
+                Ok(Algorithm::EdDSA),
+            ),
+            (
+                json!({"alg": "ES256", "kid": "a", "typ": "jwt", "x5u": "ignored"}),
+                Ok(Algorithm::ES256),
+            ),
+            (json!({"alg": "none", "kid": "a"}), Err(alg("none"))),
+            (json!({"alg": "HS256", "kid": "a"}), Err(alg("HS256"))),
+            (json!({"alg": "HS512"}), Err(alg("HS512"))),
+            (json!({"alg": "rs256", "kid": "a"}), Err(alg("rs256"))),
+            (json!({"kid": "a"}), Err(m("header has no 'alg'"))),
+            (json!({"alg": "RS256"}), Err(m("header has no 'kid'"))),
+            (
+                json!({"alg": "RS256", "kid": ""}),
+                Err(m("header 'kid' is empty")),
+            ),
+            (
+                json!({"alg": "RS256", "kid": "a", "typ": "JWS"}),
+                Err(m("Unknown type of token 'JWS'")),
+            ),
+        ];
+        for (header, want) in cases {
+            assert_eq!(header_result(header.clone()), want, "{header}");
+        }
+        assert_eq!(
+            parse_header(br#"{"alg":"RS256","kid":1}"#).unwrap_err(),
+            m("header 'kid' must be a string")
+        );
+        for bad in [
+            r#"{"alg":"RS256","alg":"none","kid":"a"}"#,
+            "[]",
+            "{",
+            "null",
+        ] {
+            let got = parse_header(bad.as_bytes()).unwrap_err();
+            assert!(
+                matches!(&got, AuthFailure::MalformedToken(s) if s.starts_with("header is not a valid JOSE header")),
+                "{bad}: {got}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_borrows_from_decoded_bytes() {
+        let bytes = br#"{"alg":"RS256","kid":"key-1"}"#;
+        assert!(matches!(
+            parse_header(bytes).unwrap().kid,
+            Cow::Borrowed("key-1")
+        ));
+        let claims = parse_claims(claims().to_string().as_bytes())
+            .map(|c| matches!(c.iss, Cow::Borrowed(_)));
+        assert_eq!(claims, Ok(true));
+    }
+
+    #[test]
+    fn claim_shape_rules() {
+        let with = |k: &str, v: Value| {
+            let mut c = claims();
+            c[k] = v;
+            c
+        };
+        let without = |k: &str| {
+            let mut c = claims();
+            c.as_object_mut().unwrap().remove(k);
+            c
+        };
+        let cases: Vec<(Value, AuthFailure)> = vec![
+            (without("iss"), m("claim 'iss' is missing")),
+            (without("sub"), m("claim 'sub' is missing")),
+            (without("aud"), m("claim 'aud' is missing")),
+            (without("exp"), m("claim 'exp' is missing")),
+            (with("iss", json!(1)), m("claim 'iss' must be a string")),
+            (with("sub", json!(null)), m("claim 'sub' must be a string")),
+            (
+                with("aud", json!(7)),
+                m("claim 'aud' must be a string or an array of strings"),
+            ),
+            (
+                with("aud", json!([AUD, 7])),
+                m("claim 'aud' must be a string or an array of strings"),
+            ),
+            (
+                with("exp", json!("1700000300")),
+                m("claim 'exp' must be a number"),
+            ),
+            (with("exp", json!(null)), m("claim 'exp' must be a number")),
+            (with("nbf", json!("0")), m("claim 'nbf' must be a number")),
+            (with("nbf", json!({})), m("claim 'nbf' must be a number")),
+        ];
+        for (c, want) in cases {
+            assert_eq!(
+                parse_claims(c.to_string().as_bytes()).unwrap_err(),
+                want,
+                "{c}"
+            );
+        }
+        let dup =
+            format!(r#"{{"iss":"{ISS}","iss":"https://evil","sub":"a","aud":"{AUD}","exp":1}}"#);
+        let got = parse_claims(dup.as_bytes()).unwrap_err();
+        assert!(got.to_string().contains("duplicate claim 'iss'"), "{got}");
+        assert!(parse_claims(b"[1]").is_err());
+    }
+
+    #[test]
+    fn claim_rules() {
+        let log: Vec<String> = vec!["iss".into(), "sub".into()];
+        let base = rules(&log);
+        let email = ClaimRules {
+            principal_name: "email",
+            ..base
+        };
+        let no_authz = ClaimRules {
+            authorization_claim: None,
+            ..base
+        };
+        let with = |k: &str, v: Value| {
+            let mut c = claims();
+            c[k] = v;
+            c
+        };
+        let without = |k: &str| {
+            let mut c = claims();
+            c.as_object_mut().unwrap().remove(k);
+            c
+        };
+        let claim = |s: &str| AuthFailure::Claim(s.into());
+        let cases: Vec<(&str, Value, ClaimRules<'_>, Result<(), AuthFailure>)> = vec![
+            ("valid", claims(), base, Ok(())),
+            (
+                "iss differs",
+                with("iss", json!("https://idp.example.com/")),
+                base,
+                Err(AuthFailure::Issuer(format!(
+                    "Token issuer 'https://idp.example.com/' does not equal '{ISS}'"
+                ))),
+            ),
+            (
+                "aud differs",
+                with("aud", json!("other")),
+                base,
+                Err(AuthFailure::Audience(format!(
+                    "Token audience 'other' does not contain '{AUD}'"
+                ))),
+            ),
+            (
+                "aud array contains",
+                with("aud", json!(["x", AUD])),
+                base,
+                Ok(()),
+            ),
+            (
+                "aud array lacks",
+                with("aud", json!(["x", "y"])),
+                base,
+                Err(AuthFailure::Audience(format!(
+                    "Token audience 'x, y' does not contain '{AUD}'"
+                ))),
+            ),
+            (
+                "exp == now",
+                with("exp", json!(NOW)),
+                base,
+                Err(AuthFailure::Expired),
+            ),
+            (
+                "exp < now",
+                with("exp", json!(NOW - 1)),
+                base,
+                Err(AuthFailure::Expired),
+            ),
+            (
+                "exp float future",
+                with("exp", json!(NOW as f64 + 0.5)),
+                base,
+                Ok(()),
+            ),
+            (
+                "exp negative",
+                with("exp", json!(-5)),
+                base,
+                Err(AuthFailure::Expired),
+            ),
+            ("nbf now+60", with("nbf", json!(NOW + 60)), base, Ok(())),
+            (
+                "nbf now+61",
+                with("nbf", json!(NOW + 61)),
+                base,
+                Err(AuthFailure::NotYetValid),
+            ),
+            ("nbf past", with("nbf", json!(NOW - 1000)), base, Ok(())),
+            (
+                "principal missing",
+                without("email"),
+                email,
+                Err(claim(
+                    "Unable to find principal claim 'email' in token body",
+                )),
+            ),
+            (
+                "principal wrong type",
+                with("email", json!(["a"])),
+                email,
+                Err(claim(
+                    "Principal claim 'email' in token body is invalid type",
+                )),
+            ),
+            (
+                "principal empty",
+                with("email", json!("")),
+                email,
+                Err(claim(
+                    "Invalid empty principal claim in token field 'email'",
+                )),
+            ),
+            (
+                "sub still required",
+                without("sub"),
+                email,
+                Err(m("claim 'sub' is missing")),
+            ),
+            (
+                "groups missing",
+                without("groups"),
+                base,
+                Err(claim("Claim 'groups' not found on OIDC token")),
+            ),
+            (
+                "groups string",
+                with("groups", json!("dba")),
+                base,
+                Err(claim(
+                    "Authorization claim 'groups' must be an array of strings",
+                )),
+            ),
+            (
+                "groups mixed",
+                with("groups", json!(["dba", 1])),
+                base,
+                Err(claim(
+                    "Authorization claim 'groups' must be an array of strings",
+                )),
+            ),
+            ("groups empty", with("groups", json!([])), base, Ok(())),
+            ("groups unused", without("groups"), no_authz, Ok(())),
+        ];
+        for (name, c, r, want) in cases {
+            assert_eq!(check(&c, &r).map(|_| ()), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn identity_names_roles_and_log_claims() {
+        let log: Vec<String> = vec![
+            "iss".into(),
+            "sub".into(),
+            "groups".into(),
+            "missing".into(),
+        ];
+        let id = check(&claims(), &rules(&log)).unwrap();
+        assert_eq!(id.principal, "alice@example.com");
+        assert_eq!(id.user, "okta/alice@example.com");
+        assert_eq!(id.roles, vec!["okta/dba", "okta/readers"]);
+        assert_eq!(id.expires_at, NOW + 300);
+        assert_eq!(
+            id.log_claims,
+            vec![
+                ("iss".to_string(), ISS.to_string()),
+                ("sub".to_string(), "alice@example.com".to_string()),
+                ("groups".to_string(), r#"["dba","readers"]"#.to_string()),
+            ]
+        );
+        let email = ClaimRules {
+            principal_name: "email",
+            authorization_claim: None,
+            ..rules(&log)
+        };
+        let mut c = claims();
+        c["email"] = json!("a\u{e9}@x");
+        let id = check(&c, &email).unwrap();
+        assert_eq!((id.user.as_str(), id.roles.len()), ("okta/a\u{e9}@x", 0));
+    }
+
+    fn set(keys: &[&TestKey]) -> KeySet {
+        parse_jwks(jwks_of(keys).as_bytes()).unwrap()
+    }
+
+    fn verify_token(token: &str, keys: &KeySet) -> Result<(), AuthFailure> {
+        let jws = split(token, DEFAULT_MAX_TOKEN_SIZE)?;
+        let hb = jws.decode_header()?;
+        let h = parse_header(&hb)?;
+        let key = keys
+            .get(&h.kid)
+            .ok_or(AuthFailure::UnknownKey(h.kid.to_string()))?;
+        verify_signature(&jws, h.alg, key)
+    }
+
+    #[test]
+    fn signatures_for_every_algorithm() {
+        let keys = [
+            rsa_key("rs256", Algorithm::RS256),
+            rsa_key("rs384", Algorithm::RS384),
+            rsa_key("rs512", Algorithm::RS512),
+            rsa_key("ps256", Algorithm::PS256),
+            rsa_key("ps384", Algorithm::PS384),
+            rsa_key("ps512", Algorithm::PS512),
+            p256_key("es256"),
+            p384_key("es384"),
+            ed25519_key("eddsa"),
+        ];
+        let all = set(&keys.iter().collect::<Vec<_>>());
+        for k in &keys {
+            let token = sign(k, &claims());
+            assert_eq!(verify_token(&token, &all), Ok(()), "{}", k.kid);
+            // Flip the payload: same signature, different signed bytes.
+            let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+            parts[1] = b64(
+                &json!({"iss": ISS, "sub": "mallory", "aud": AUD, "exp": NOW + 300}).to_string(),
+            );
+            assert_eq!(
+                verify_token(&parts.join("."), &all),
+                Err(AuthFailure::BadSignature),
+                "{}",
+                k.kid
+            );
+        }
+    }
+
+    #[test]
+    fn key_family_must_fit_alg() {
+        let rsa = rsa_key("r", Algorithm::RS256);
+        let ec = p256_key("e");
+        let keys = set(&[&rsa, &ec]);
+        // An RSA key named by an ES256 header, a P-256 key named by ES384.
+        let header = json!({"alg": "ES256", "kid": "r"}).to_string();
+        let t = sign_raw(&ec, Algorithm::ES256, &header, &claims().to_string());
+        assert!(matches!(
+            verify_token(&t, &keys),
+            Err(AuthFailure::Algorithm(_))
+        ));
+        let header = json!({"alg": "ES384", "kid": "e"}).to_string();
+        let p384 = p384_key("x");
+        let t = sign_raw(&p384, Algorithm::ES384, &header, &claims().to_string());
+        assert!(matches!(
+            verify_token(&t, &keys),
+            Err(AuthFailure::Algorithm(_))
+        ));
+        let header = json!({"alg": "PS256", "kid": "e"}).to_string();
+        let t = sign_raw(&rsa, Algorithm::PS256, &header, &claims().to_string());
+        assert!(matches!(
+            verify_token(&t, &keys),
+            Err(AuthFailure::Algorithm(_))
+        ));
+    }
+
+    #[test]
+    fn signature_of_wrong_length_is_bad_not_a_panic() {
+        let ec = p256_key("e");
+        let keys = set(&[&ec]);
+        let token = sign(&ec, &claims());
+        let (input, _) = token.rsplit_once('.').unwrap();
+        for sig in ["AA", "AAAA", &"A".repeat(400)] {
+            assert_eq!(
+                verify_token(&format!("{input}.{sig}"), &keys),
+                Err(AuthFailure::BadSignature)
+            );
+        }
+    }
 }
