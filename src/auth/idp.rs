@@ -404,3 +404,349 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::jwks::testkit::*;
+    use jsonwebtoken::Algorithm;
+    use serde_json::{json, Value};
+
+    const NOW: u64 = 1_700_000_000;
+    const AUD: &str = "api://mongodb";
+
+    fn idp(issuer: &str, pattern: Option<&str>, human: bool) -> IdentityProviderConfig {
+        IdentityProviderConfig {
+            issuer: issuer.into(),
+            audience: AUD.into(),
+            auth_name_prefix: "okta".into(),
+            client_id: Some("client-1".into()),
+            jwks_uri: None,
+            match_pattern: pattern.map(Into::into),
+            request_scopes: vec!["openid".into()],
+            principal_name: "sub".into(),
+            authorization_claim: "groups".into(),
+            use_authorization_claim: true,
+            supports_human_flows: human,
+            jwks_poll_secs: 0,
+            jwks_min_quiesce_secs: 60,
+            log_claims: vec!["iss".into(), "sub".into()],
+        }
+    }
+
+    fn registry(configs: &[IdentityProviderConfig]) -> IdpRegistry {
+        IdpRegistry::with_client(configs, client()).unwrap()
+    }
+
+    fn claims(iss: &str) -> Value {
+        json!({"iss": iss, "sub": "alice@example.com", "aud": AUD, "exp": NOW + 300, "groups": ["dba"]})
+    }
+
+    fn no_idp(s: &str) -> Result<usize, AuthFailure> {
+        Err(AuthFailure::NoIdentityProvider(s.into()))
+    }
+
+    #[test]
+    fn selection_for_hint() {
+        let a = || idp("https://a.example", Some("@a\\.com$"), true);
+        let b = || idp("https://b.example", Some("@b\\.com$"), true);
+        let machine = || idp("https://m.example", Some("^svc-"), false);
+        let fallback = || idp("https://f.example", None, true);
+        type Case<'h> = (
+            Vec<IdentityProviderConfig>,
+            Option<&'h str>,
+            Result<usize, AuthFailure>,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            (vec![], None, no_idp("No identity providers registered")),
+            (
+                vec![],
+                Some("x"),
+                no_idp("No identity providers registered"),
+            ),
+            (vec![a()], None, Ok(0)),
+            (vec![machine(), a()], None, Ok(1)),
+            (
+                vec![a(), b()],
+                None,
+                no_idp(
+                    "Unable to determine identity provider, because multiple providers are known",
+                ),
+            ),
+            (
+                vec![machine()],
+                None,
+                no_idp("Unable to determine identity provider, no provider supported human flows"),
+            ),
+            (vec![a(), b()], Some("bob@b.com"), Ok(1)),
+            (
+                vec![a(), b()],
+                Some("bob@a.com.evil"),
+                no_idp("No identity provider found using the hint 'bob@a.com.evil' provided"),
+            ),
+            (vec![a(), machine()], Some("svc-backup"), Ok(1)),
+            (vec![a(), fallback()], Some("carol@c.com"), Ok(1)),
+            (vec![a(), fallback()], Some("x@a.com"), Ok(0)),
+        ];
+        for (configs, hint, want) in cases {
+            assert_eq!(
+                registry(&configs).select_for_hint(hint),
+                want,
+                "{hint:?} over {}",
+                configs.len()
+            );
+        }
+    }
+
+    #[test]
+    fn info_hides_client_id_of_machine_idps() {
+        let r = registry(&[
+            idp("https://a.example", Some("a"), true),
+            idp("https://m.example", None, false),
+        ]);
+        assert_eq!(
+            r.info(0),
+            Some(IdpInfo {
+                issuer: "https://a.example",
+                client_id: Some("client-1"),
+                request_scopes: &["openid".to_string()]
+            })
+        );
+        assert_eq!(r.info(1).unwrap().client_id, None);
+        assert_eq!(r.info(2), None);
+    }
+
+    #[test]
+    fn new_refuses_bad_pattern_and_insecure_issuer() {
+        let err = IdpRegistry::with_client(&[idp("https://a.example", Some("("), true)], client())
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "identity_provider[0].match_pattern");
+        let err = IdpRegistry::with_client(&[idp("http://a.example", None, true)], client())
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "identity_provider[0].issuer");
+    }
+
+    #[test]
+    fn configs_with_one_issuer_share_a_cache() {
+        let mut second = idp("https://a.example", None, false);
+        second.audience = "other".into();
+        let r = registry(&[
+            idp("https://a.example", Some("x"), true),
+            second,
+            idp("https://b.example", None, false),
+        ]);
+        assert_eq!(r.jwks_caches().len(), 2);
+    }
+
+    /// A registry over one local IdP whose JWKS holds `key`.
+    async fn served(
+        key: &TestKey,
+        configs: impl Fn(&str) -> Vec<IdentityProviderConfig>,
+    ) -> (IdpRegistry, String, Shared) {
+        let (base, state) = serve_idp(jwks_of(&[key])).await;
+        let r = registry(&configs(&base));
+        r.load_all().await;
+        (r, base, state)
+    }
+
+    #[tokio::test]
+    async fn machine_flow_end_to_end() {
+        let key = rsa_key("k1", Algorithm::RS256);
+        let (r, base, _) = served(&key, |b| vec![idp(b, None, false)]).await;
+        let id = r
+            .verify_at(&sign(&key, &claims(&base)), None, NOW)
+            .await
+            .unwrap();
+        assert_eq!(id.idp, 0);
+        assert_eq!(id.user, "okta/alice@example.com");
+        assert_eq!(id.roles, vec!["okta/dba"]);
+        assert_eq!(id.expires_at, NOW + 300);
+        assert_eq!(id.log_claims[0], ("iss".to_string(), base.clone()));
+    }
+
+    #[tokio::test]
+    async fn lookup_by_issuer_and_audience() {
+        let key = p256_key("k1");
+        let (r, base, _) = served(&key, |b| {
+            let mut second = idp(b, None, false);
+            second.audience = "second".into();
+            second.auth_name_prefix = "two".into();
+            vec![idp(b, None, false), second]
+        })
+        .await;
+        let mut c = claims(&base);
+        c["aud"] = json!(["unrelated", "second"]);
+        let id = r.verify_at(&sign(&key, &c), None, NOW).await.unwrap();
+        assert_eq!((id.idp, id.user.as_str()), (1, "two/alice@example.com"));
+        c["aud"] = json!("nobody");
+        assert_eq!(
+            r.verify_at(&sign(&key, &c), None, NOW).await,
+            Err(AuthFailure::Audience(format!(
+                "Unknown audience name 'nobody' for Identity Provider '{base}'"
+            )))
+        );
+        let c = claims("https://unknown.example");
+        assert_eq!(
+            r.verify_at(&sign(&key, &c), None, NOW).await,
+            Err(AuthFailure::Issuer(
+                "Unknown Identity Provider 'https://unknown.example'".into()
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn step1_rules() {
+        let key = rsa_key("k1", Algorithm::PS256);
+        let (r, base, _) = served(&key, |b| {
+            vec![
+                idp(b, Some("@example\\.com$"), true),
+                idp("https://other.example", None, true),
+            ]
+        })
+        .await;
+        let token = sign(&key, &claims(&base));
+        let step = |idp, hint| Some(Step1 { idp, hint });
+        assert!(r
+            .verify_at(&token, step(0, Some("alice@example.com")), NOW)
+            .await
+            .is_ok());
+        assert!(r.verify_at(&token, step(0, None), NOW).await.is_ok());
+        assert_eq!(
+            r.verify_at(&token, step(0, Some("bob@example.com")), NOW)
+                .await,
+            Err(AuthFailure::PrincipalChanged {
+                hint: "bob@example.com".into(),
+                principal: "alice@example.com".into()
+            })
+        );
+        assert_eq!(
+            r.verify_at(&token, step(1, None), NOW).await,
+            Err(AuthFailure::Issuer(format!(
+                "Token issuer '{base}' does not match that inferred from principal name hint 'https://other.example'"
+            )))
+        );
+        let mut c = claims(&base);
+        c["aud"] = json!("elsewhere");
+        assert_eq!(
+            r.verify_at(&sign(&key, &c), step(0, None), NOW).await,
+            Err(AuthFailure::Audience(format!(
+                "Token audience 'elsewhere' does not match that inferred from principal name hint '{AUD}'"
+            )))
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_before_any_key_lookup() {
+        let key = rsa_key("k1", Algorithm::RS256);
+        let (base, state) = serve_idp(jwks_of(&[&key])).await;
+        let r = registry(&[idp(&base, None, false)]).with_max_token_size(4096);
+        let c = claims(&base).to_string();
+        let none = sign_raw(&key, Algorithm::RS256, r#"{"alg":"none","kid":"zz"}"#, &c);
+        assert!(matches!(
+            r.verify_at(&none, None, NOW).await,
+            Err(AuthFailure::Algorithm(_))
+        ));
+        let hs = sign_raw(&key, Algorithm::RS256, r#"{"alg":"HS256","kid":"zz"}"#, &c);
+        assert!(matches!(
+            r.verify_at(&hs, None, NOW).await,
+            Err(AuthFailure::Algorithm(_))
+        ));
+        assert_eq!(
+            r.verify_at(&"a".repeat(4097), None, NOW).await,
+            Err(AuthFailure::TokenTooLarge(4096))
+        );
+        let expired = sign(&rsa_key("zz", Algorithm::RS256), &claims(&base));
+        assert_eq!(
+            r.verify_at(&expired, None, NOW + 301).await,
+            Err(AuthFailure::Expired)
+        );
+        assert_eq!(
+            state.lock().unwrap().jwks_hits,
+            0,
+            "nothing above may fetch keys"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_key_and_bad_signature() {
+        let key = rsa_key("k1", Algorithm::RS256);
+        let (r, base, _) = served(&key, |b| vec![idp(b, None, false)]).await;
+        let other = p256_key("k1");
+        let forged = sign(&other, &claims(&base));
+        assert!(matches!(
+            r.verify_at(&forged, None, NOW).await,
+            Err(AuthFailure::Algorithm(_))
+        ));
+        let token = sign(&key, &claims(&base));
+        let tampered = format!("{}A", token.trim_end_matches(|c| c != '.'));
+        assert!(r.verify_at(&tampered, None, NOW).await.is_err());
+        let unknown = sign(&rsa_key("k9", Algorithm::RS256), &claims(&base));
+        assert!(matches!(
+            r.verify_at(&unknown, None, NOW).await,
+            Err(AuthFailure::UnknownKey(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn unreachable_idp_does_not_stop_start_up() {
+        let r = registry(&[idp("http://127.0.0.1:9", None, false)]);
+        r.load_all().await;
+        assert!(r
+            .jwks_for_issuer("http://127.0.0.1:9")
+            .unwrap()
+            .keys()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn verified_tokens_are_cached_and_rechecked() {
+        let key = rsa_key("k1", Algorithm::RS256);
+        let (base, state) = serve_idp(jwks_of(&[&key])).await;
+        let mut config = idp(&base, Some("@example\\.com$"), true);
+        config.jwks_min_quiesce_secs = 0;
+        let r2 = registry(&[config]);
+        r2.load_all().await;
+        let token = sign(&key, &claims(&base));
+        let first = r2.verify_at(&token, None, NOW).await.unwrap();
+        assert_eq!(r2.cached_tokens(), 1);
+        assert_eq!(r2.verify_at(&token, None, NOW + 10).await.unwrap(), first);
+        assert_eq!(r2.cached_tokens(), 1);
+        let hint = Some(Step1 {
+            idp: 0,
+            hint: Some("eve@example.com"),
+        });
+        assert!(matches!(
+            r2.verify_at(&token, hint, NOW).await,
+            Err(AuthFailure::PrincipalChanged { .. })
+        ));
+        assert_eq!(
+            r2.verify_at(&token, None, NOW + 300).await,
+            Err(AuthFailure::Expired)
+        );
+        assert_eq!(r2.cached_tokens(), 0, "an expired entry is dropped");
+        // Re-cache, then rotate the key away: the entry must not outlive its key.
+        r2.verify_at(&token, None, NOW).await.unwrap();
+        state.lock().unwrap().jwks = jwks_of(&[&rsa_key("k2", Algorithm::RS256)]);
+        r2.jwks_for_issuer(&base).unwrap().load().await.unwrap();
+        assert!(matches!(
+            r2.verify_at(&token, None, NOW).await,
+            Err(AuthFailure::UnknownKey(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn token_cache_is_bounded() {
+        let key = p256_key("k1");
+        let (r, base, _) = served(&key, |b| vec![idp(b, None, false)]).await;
+        let id = r
+            .verify_at(&sign(&key, &claims(&base)), None, NOW)
+            .await
+            .unwrap();
+        for i in 0..(TOKEN_CACHE_CAPACITY as u64 + 5) {
+            r.remember(Sha256::digest(i.to_be_bytes()).into(), &id, None);
+            assert!(r.cached_tokens() <= TOKEN_CACHE_CAPACITY);
+        }
+    }
+}
