@@ -244,3 +244,249 @@ fn check_same_issuer_settings(idps: &[IdentityProviderConfig]) -> Result<(), Con
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idp(issuer: &str, pattern: Option<&str>) -> IdentityProviderConfig {
+        IdentityProviderConfig {
+            issuer: issuer.into(),
+            audience: "api://mongodb".into(),
+            auth_name_prefix: "okta".into(),
+            client_id: Some("client".into()),
+            jwks_uri: None,
+            match_pattern: pattern.map(Into::into),
+            request_scopes: vec![],
+            principal_name: "sub".into(),
+            authorization_claim: "groups".into(),
+            use_authorization_claim: true,
+            supports_human_flows: true,
+            jwks_poll_secs: 0,
+            jwks_min_quiesce_secs: 60,
+            log_claims: vec!["iss".into(), "sub".into()],
+        }
+    }
+
+    fn one(f: impl Fn(&mut IdentityProviderConfig)) -> Vec<IdentityProviderConfig> {
+        let mut c = idp("https://idp.example.com", None);
+        f(&mut c);
+        vec![c]
+    }
+
+    fn machine(issuer: &str) -> IdentityProviderConfig {
+        let mut c = idp(issuer, None);
+        c.supports_human_flows = false;
+        c.client_id = None;
+        c
+    }
+
+    /// Asserts the error's field and that its message contains `says`.
+    fn assert_refused(configs: &[IdentityProviderConfig], field: &str, says: &str) {
+        let e = validate(configs).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(
+            e.message.contains(says),
+            "{field}: '{}' lacks '{says}'",
+            e.message
+        );
+    }
+
+    #[test]
+    fn valid_configs() {
+        let ok: Vec<Vec<IdentityProviderConfig>> = vec![
+            vec![],
+            one(|_| {}),
+            one(|c| c.issuer = "http://127.0.0.1:8080".into()),
+            one(|c| c.issuer = "http://localhost:8080/realms/x".into()),
+            one(|c| c.auth_name_prefix = "_-_".into()),
+            one(|c| c.auth_name_prefix = "my-prefix".into()),
+            one(|c| c.jwks_poll_secs = 10),
+            one(|c| {
+                c.use_authorization_claim = false;
+                c.authorization_claim = String::new();
+            }),
+            vec![machine("https://a.example"), machine("https://b.example")],
+            vec![
+                idp("https://a.example", Some("@a$")),
+                idp("https://b.example", Some("@b$")),
+                machine("https://c.example"),
+            ],
+        ];
+        for configs in ok {
+            assert_eq!(validate(&configs), Ok(()), "{configs:?}");
+        }
+    }
+
+    #[test]
+    fn per_entry_rules() {
+        let f = |name: &str| format!("identity_provider[0].{name}");
+        let cases: Vec<(Vec<IdentityProviderConfig>, String, &str)> = vec![
+            (
+                one(|c| c.issuer = String::new()),
+                f("issuer"),
+                "must not be empty",
+            ),
+            (
+                one(|c| c.audience = " ".into()),
+                f("audience"),
+                "must not be empty",
+            ),
+            (
+                one(|c| c.auth_name_prefix = String::new()),
+                f("auth_name_prefix"),
+                "must not be empty",
+            ),
+            (
+                one(|c| c.principal_name = String::new()),
+                f("principal_name"),
+                "must not be empty",
+            ),
+            (
+                one(|c| c.issuer = "http://idp.example.com".into()),
+                f("issuer"),
+                "must use https",
+            ),
+            (
+                one(|c| c.issuer = "idp.example.com".into()),
+                f("issuer"),
+                "not a valid URL",
+            ),
+            (
+                one(|c| c.jwks_uri = Some("http://keys.example.com".into())),
+                f("jwks_uri"),
+                "must use https",
+            ),
+            (
+                one(|c| c.auth_name_prefix = "foo.bar".into()),
+                f("auth_name_prefix"),
+                "may only contain letters, digits, '_' and '-'",
+            ),
+            (
+                one(|c| c.auth_name_prefix = "foo/bar".into()),
+                f("auth_name_prefix"),
+                "may only contain",
+            ),
+            (
+                one(|c| c.auth_name_prefix = "$foobar".into()),
+                f("auth_name_prefix"),
+                "may only contain",
+            ),
+            (
+                one(|c| c.auth_name_prefix = "hello world".into()),
+                f("auth_name_prefix"),
+                "may only contain",
+            ),
+            (
+                one(|c| c.auth_name_prefix = "\"howdy\"".into()),
+                f("auth_name_prefix"),
+                "may only contain",
+            ),
+            (
+                one(|c| c.client_id = None),
+                f("client_id"),
+                "is required when supports_human_flows = true",
+            ),
+            (
+                one(|c| c.client_id = Some(String::new())),
+                f("client_id"),
+                "is required when supports_human_flows = true",
+            ),
+            (
+                one(|c| c.authorization_claim = String::new()),
+                f("authorization_claim"),
+                "must not be empty when use_authorization_claim = true",
+            ),
+            (
+                one(|c| c.match_pattern = Some("(".into())),
+                f("match_pattern"),
+                "is not a valid regular expression",
+            ),
+            (
+                one(|c| c.match_pattern = Some(String::new())),
+                f("match_pattern"),
+                "must not be empty",
+            ),
+            (
+                one(|c| c.request_scopes = vec!["openid".into(), String::new()]),
+                f("request_scopes[1]"),
+                "must not be empty",
+            ),
+            (
+                one(|c| c.log_claims = vec![String::new()]),
+                f("log_claims[0]"),
+                "must not be empty",
+            ),
+            (
+                one(|c| c.jwks_poll_secs = 9),
+                f("jwks_poll_secs"),
+                "must be 0 (no periodic refresh) or at least 10 seconds, got 9",
+            ),
+            (one(|c| c.jwks_poll_secs = 1), f("jwks_poll_secs"), "got 1"),
+        ];
+        for (configs, field, says) in cases {
+            assert_refused(&configs, &field, says);
+        }
+    }
+
+    #[test]
+    fn several_human_flow_idps_need_patterns() {
+        assert_refused(
+            &[
+                idp("https://a.example", Some("@a$")),
+                idp("https://b.example", None),
+            ],
+            "identity_provider[1].match_pattern",
+            "is required because 2 identity providers have supports_human_flows = true",
+        );
+    }
+
+    #[test]
+    fn idps_without_pattern_come_last() {
+        assert_refused(
+            &[
+                machine("https://m.example"),
+                idp("https://a.example", Some("@a$")),
+            ],
+            "identity_provider[1].match_pattern",
+            "All IdPs without matchPatterns must be listed after those with matchPatterns: \
+             move this entry before identity_provider[0]",
+        );
+    }
+
+    #[test]
+    fn duplicate_issuer_audience_pair() {
+        assert_refused(
+            &[machine("https://a.example"), machine("https://a.example")],
+            "identity_provider[1].audience",
+            "Duplicate configuration for issuer-audience pair ('https://a.example', 'api://mongodb'), \
+             already used by identity_provider[0]",
+        );
+    }
+
+    #[test]
+    fn one_issuer_one_jwks_setting() {
+        let pair = |f: &dyn Fn(&mut IdentityProviderConfig)| {
+            let mut second = machine("https://a.example");
+            second.audience = "other".into();
+            f(&mut second);
+            vec![machine("https://a.example"), second]
+        };
+        assert_eq!(validate(&pair(&|_| {})), Ok(()));
+        assert_refused(
+            &pair(&|c| c.jwks_poll_secs = 60),
+            "identity_provider[1].jwks_poll_secs",
+            "must equal identity_provider[0].jwks_poll_secs (0): both use issuer 'https://a.example'",
+        );
+        assert_refused(
+            &pair(&|c| c.jwks_min_quiesce_secs = 0),
+            "identity_provider[1].jwks_min_quiesce_secs",
+            "must equal identity_provider[0].jwks_min_quiesce_secs (60)",
+        );
+        assert_refused(
+            &pair(&|c| c.jwks_uri = Some("https://a.example/keys".into())),
+            "identity_provider[1].jwks_uri",
+            "must equal identity_provider[0].jwks_uri",
+        );
+    }
+}
