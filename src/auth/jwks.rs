@@ -299,10 +299,26 @@ pub fn http_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(TOTAL_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
+        .redirect(redirect_policy())
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
+
+/// A few redirects, never to a URL we would refuse to be configured with
+/// (an https → http downgrade would let a network attacker serve keys).
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            return attempt.error("too many redirects");
+        }
+        match check_url(attempt.url().as_str()) {
+            Ok(_) => attempt.follow(),
+            Err(m) => attempt.error(format!("redirect refused: {m}")),
+        }
+    })
+}
+
+const MAX_REDIRECTS: usize = 3;
 
 /// Where an issuer's keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1063,5 +1079,34 @@ mod tests {
         poller.abort();
         assert!(cache.keys().get("b").is_some());
         assert_eq!(cache.generation(), 0, "adding a key is not a change");
+    }
+
+    #[tokio::test]
+    async fn redirects_only_to_acceptable_urls() {
+        use axum::response::Redirect;
+        let a = rsa_key("a", Algorithm::RS256);
+        let (base, _state) = serve_idp(jwks_of(&[&a])).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front = format!("http://{}", listener.local_addr().unwrap());
+        let target = format!("{base}/jwks");
+        let app = axum::Router::new()
+            .route(
+                "/ok",
+                axum::routing::get(move || async move { Redirect::temporary(&target) }),
+            )
+            .route(
+                "/bad",
+                axum::routing::get(|| async { Redirect::temporary("http://example.com/jwks") }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        assert!(
+            get_capped(&client(), &format!("{front}/ok"), DEFAULT_MAX_BODY)
+                .await
+                .is_ok()
+        );
+        let err = get_capped(&client(), &format!("{front}/bad"), DEFAULT_MAX_BODY)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("redirect"), "{err}");
     }
 }
