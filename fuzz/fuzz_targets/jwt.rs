@@ -1,5 +1,6 @@
 //! Token parsing without a network or keys: split, header (alg allow-list),
 //! claims. Must never panic; a token that parses must also split again.
+//! Seeds: `cargo fuzz run jwt seeds/jwt` from fuzz/ (fuzz/corpus is git-ignored).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

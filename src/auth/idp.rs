@@ -379,6 +379,11 @@ impl IdpRegistry {
         }
     }
 
+    /// Forgets every verified token, e.g. after keys were revoked.
+    pub fn forget_verified_tokens(&self) {
+        self.verified.clear();
+    }
+
     /// Entries in the verified-token cache (tests, metrics).
     pub fn cached_tokens(&self) -> usize {
         self.verified.len()
