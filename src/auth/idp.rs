@@ -754,4 +754,28 @@ mod tests {
             assert!(r.cached_tokens() <= TOKEN_CACHE_CAPACITY);
         }
     }
+
+    #[tokio::test]
+    async fn unknown_kid_flood_after_start_up_fetches_nothing_more() {
+        let key = rsa_key("k1", Algorithm::RS256);
+        let (r, base, state) = served(&key, |b| vec![idp(b, None, false)]).await;
+        let r = Arc::new(r);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let (r, token) = (
+                r.clone(),
+                sign(&rsa_key(&format!("x{i}"), Algorithm::RS256), &claims(&base)),
+            );
+            tasks.spawn(async move { r.verify_at(&token, None, NOW).await });
+        }
+        while let Some(res) = tasks.join_next().await {
+            assert!(matches!(res.unwrap(), Err(AuthFailure::UnknownKey(_))));
+        }
+        // The start-up load was the last attempt, less than a quiesce period ago.
+        assert_eq!(state.lock().unwrap().jwks_hits, 1);
+        assert!(r
+            .verify_at(&sign(&key, &claims(&base)), None, NOW)
+            .await
+            .is_ok());
+    }
 }
