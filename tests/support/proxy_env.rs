@@ -75,13 +75,13 @@ fn toml_str(s: &str) -> String {
 
 /// The default test config: the dev IdP (prefix `test`), writers and readers
 /// granted the two backend users. `extra` is appended verbatim (more IdPs or grants).
-pub fn config_text(issuer: &str, extra: &str) -> String {
+pub fn config_text(issuer: &str, dev_idp_fields: &str, extra: &str) -> String {
     let files = shared_files();
     format!(
         "[listen]\naddress = \"127.0.0.1:0\"\ntls_cert = {cert}\ntls_key = {key}\n\n\
          [backend]\nuri = {backend}\n\n\
          [limits]\nauth_timeout_secs = 5\n\n\
-         [[identity_provider]]\nissuer = {issuer}\naudience = {aud}\nauth_name_prefix = {PREFIX:?}\nclient_id = \"test-client\"\njwks_min_quiesce_secs = 0\n\n\
+         [[identity_provider]]\nissuer = {issuer}\naudience = {aud}\nauth_name_prefix = {PREFIX:?}\nclient_id = \"test-client\"\njwks_min_quiesce_secs = 0\n{dev_idp_fields}\n\n\
          [[grant]]\nrole = \"test/writers\"\nbackend_user = {rw}\nbackend_password_file = {rwf}\n\n\
          [[grant]]\nrole = \"test/readers\"\nbackend_user = {ro}\nbackend_password_file = {rof}\n\n{extra}",
         cert = toml_str(&files.join("server.pem").display().to_string()),
@@ -103,6 +103,12 @@ impl ProxyEnv {
 
     /// Starts a proxy whose config is the default plus `extra` TOML.
     pub async fn start_with(extra: &str) -> ProxyEnv {
+        ProxyEnv::start_custom("", extra).await
+    }
+
+    /// `dev_idp_fields` are added to the development IdP's table (e.g.
+    /// `supports_human_flows = false`), `extra` after everything.
+    pub async fn start_custom(dev_idp_fields: &str, extra: &str) -> ProxyEnv {
         let idp = DevIdp::start(
             "127.0.0.1:0".parse().expect("addr"),
             DevIdpOptions {
@@ -113,7 +119,7 @@ impl ProxyEnv {
         )
         .await
         .expect("development IdP");
-        let config_text = config_text(idp.issuer(), extra);
+        let config_text = config_text(idp.issuer(), dev_idp_fields, extra);
         let config = Config::parse(&config_text)
             .unwrap_or_else(|e| panic!("test config refused: {e}\n{config_text}"));
         let running = server::start(config)
@@ -146,6 +152,11 @@ impl ProxyEnv {
             self.addr().port(),
             self.ca().display()
         )
+    }
+
+    /// The bare address for drivers that take TLS options separately.
+    pub fn plain_uri(&self) -> String {
+        format!("mongodb://localhost:{}/", self.addr().port())
     }
 
     pub async fn client(&self) -> WireClient {
