@@ -314,6 +314,25 @@ fn free_port() -> Result<u16, SecantusError> {
 
 type LogBuf = Arc<Mutex<Vec<u8>>>;
 
+/// The daemon must not outlive the process that started it, even when that
+/// process never runs its destructors (a test binary's shared backend, a
+/// killed demo): Linux delivers SIGTERM to the child when its parent thread ends.
+#[cfg(target_os = "linux")]
+fn stop_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn stop_with_parent(_cmd: &mut Command) {}
+
 fn spawn(
     binary: &Path,
     port: u16,
@@ -337,6 +356,7 @@ fn spawn(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    stop_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| SecantusError::Spawn {
         binary: binary.to_path_buf(),
         source: e,

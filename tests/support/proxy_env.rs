@@ -38,7 +38,26 @@ pub fn backend_uri() -> &'static str {
                     BackendUser::new(WRITER.0, WRITER.1, &[("readWrite", "app")]),
                     BackendUser::new(READER.0, READER.1, &[("read", "app")]),
                 ];
-                let running = super::start_secantus(users).await;
+                // A fixed folder per test binary, emptied first: the shared
+                // backend is never dropped, so it could not clean a temp dir.
+                let exe = std::env::current_exe().ok();
+                let name = exe
+                    .as_ref()
+                    .and_then(|p| p.file_stem())
+                    .map_or("tests".into(), |s| s.to_string_lossy().into_owned());
+                let data_dir =
+                    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("shared-backend-{name}"));
+                let _ = std::fs::remove_dir_all(&data_dir);
+                std::fs::create_dir_all(&data_dir).expect("backend data dir");
+                let opts = mongo_oidc_proxy::demo::secantus::SecantusOptions {
+                    secantusd: super::secantusd(),
+                    users,
+                    data_dir: Some(data_dir),
+                    port: None,
+                };
+                let running = mongo_oidc_proxy::demo::secantus::start(opts)
+                    .await
+                    .unwrap_or_else(|e| panic!("SecantusDB did not start: {e}"));
                 let _ = tx.send(running.uri.clone());
                 // Hold the server for the life of the test binary.
                 std::future::pending::<()>().await;
