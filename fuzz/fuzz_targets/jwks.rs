@@ -1,6 +1,6 @@
 //! JWKS documents as an IdP could serve them. Must never panic; every key
 //! that loads has a unique, non-empty kid.
-//! Seeds: `cargo fuzz run jwks seeds/jwks` from fuzz/.
+//! Run from fuzz/: `cargo fuzz run jwks corpus/jwks seeds/jwks`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,6 +1,6 @@
 //! Token parsing without a network or keys: split, header (alg allow-list),
 //! claims. Must never panic; a token that parses must also split again.
-//! Seeds: `cargo fuzz run jwt seeds/jwt` from fuzz/ (fuzz/corpus is git-ignored).
+//! Run from fuzz/: `cargo fuzz run jwt corpus/jwt seeds/jwt` (new inputs go to the first, git-ignored, folder).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
