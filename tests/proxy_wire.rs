@@ -678,3 +678,39 @@ async fn exhaust_getmore_streams_every_batch() {
     let _ = AUDIENCE;
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_key_withdrawn_from_the_jwks_ends_sessions_signed_with_it() {
+    let env = ProxyEnv::start().await;
+    let old_kid = env.idp.current_kid(DevAlg::Rs256);
+    let old_token = env.token("alice", &["writers"], 600);
+    let mut a = env.client().await;
+    assert!(is_ok(&a.sign_in(&old_token).await));
+    assert!(is_ok(
+        &a.command(rawdoc! { "find": "things", "$db": "app" }).await
+    ));
+
+    // The IdP rotates and withdraws the old key; the first token with the new
+    // kid makes the proxy refresh its key set.
+    env.idp.rotate(DevAlg::Rs256);
+    assert!(env.idp.remove_key(&old_kid));
+    let mut b = env.client().await;
+    assert!(is_ok(
+        &b.sign_in(&env.token("bob", &["writers"], 600)).await
+    ));
+
+    let r = a.command(rawdoc! { "find": "things", "$db": "app" }).await;
+    assert_eq!(err(&r).0, 391, "{r:?}");
+    assert_eq!(
+        err(&a.sign_in(&old_token).await),
+        (AUTH_FAILED.0, AUTH_FAILED.1.into()),
+        "the withdrawn key signs nothing now"
+    );
+    assert!(is_ok(
+        &a.sign_in(&env.token("alice", &["writers"], 600)).await
+    ));
+    assert!(is_ok(
+        &a.command(rawdoc! { "find": "things", "$db": "app" }).await
+    ));
+    env.stop().await;
+}

@@ -168,6 +168,12 @@ impl IdpRegistry {
         &self.caches
     }
 
+    /// The key-set generation of the IdP's issuer: it changes when a refresh
+    /// removes or changes a key, which ends sessions signed in before (391).
+    pub fn key_generation(&self, idp: usize) -> Option<u64> {
+        self.providers.get(idp).map(|p| p.jwks.generation())
+    }
+
     pub fn len(&self) -> usize {
         self.providers.len()
     }

@@ -106,11 +106,16 @@ enum Access {
 struct SignedIn {
     identity: Identity,
     access: Access,
+    /// The issuer's key-set generation when the token was verified.
+    key_generation: Option<u64>,
 }
 
 impl SignedIn {
-    fn expired(&self, now: u64) -> bool {
+    /// mongod ends an OIDC session when its token expires, and when a JWKS
+    /// refresh removes or changes a key: either way the client must re-auth.
+    fn expired(&self, now: u64, registry: &IdpRegistry) -> bool {
         self.identity.expires_at <= now
+            || registry.key_generation(self.identity.idp) != self.key_generation
     }
 }
 
@@ -335,7 +340,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             "buildInfo" | "buildinfo" => Some(self.build_info().await),
             "connectionStatus" => {
                 let now = unix_now();
-                let identity = self.signed_in.as_ref().filter(|s| !s.expired(now)).map(|s| &s.identity);
+                let identity = self.signed_in.as_ref().filter(|s| !s.expired(now, &self.ctx.registry)).map(|s| &s.identity);
                 Some(Ok(commands::connection_status(identity)))
             }
             "endSessions" if self.signed_in.is_none() => Some(Ok(commands::ok())),
@@ -364,12 +369,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let now = unix_now();
         let refusal = match &self.signed_in {
             None => Some(("refused_unauthenticated", MongoError::unauthorized(format!("Command {name} requires authentication")))),
-            Some(s) if s.expired(now) => {
+            Some(s) if s.expired(now, &self.ctx.registry) => {
                 Some(("reauthentication_required", MongoError::reauthentication_required(format!(
                     "Command {name} requires reauthentication since the current authorization session has expired. Please re-auth."
                 ))))
             }
-            Some(SignedIn { access: Access::Refused, identity }) => Some(("refused_no_grant", MongoError::unauthorized(format!(
+            Some(SignedIn { access: Access::Refused, identity, .. }) => Some(("refused_no_grant", MongoError::unauthorized(format!(
                 "not authorized to execute command {name}: no grant of this proxy names user '{}' or its roles; ask the proxy's operator for a [[grant]]",
                 identity.user
             )))),
@@ -519,7 +524,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .auth_attempts
                     .with_label_values(&["failure", "different_user"])
                     .inc();
-                return Err(if current.expired(now) {
+                return Err(if current.expired(now, &self.ctx.registry) {
                     MongoError::with_code(7070100, "Location7070100", format!(
                         "Only same user is permitted to re-auth to an expired session. Expired user is {}@$external",
                         current.identity.user
@@ -570,7 +575,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Access::Refused
             }
         };
-        self.signed_in = Some(SignedIn { identity, access });
+        let key_generation = self.ctx.registry.key_generation(identity.idp);
+        self.signed_in = Some(SignedIn {
+            identity,
+            access,
+            key_generation,
+        });
         Ok(())
     }
 
