@@ -32,45 +32,47 @@ impl Frame {
     }
 }
 
+/// How much the buffer grows per read: a message declaring a large length
+/// only gets memory as its bytes actually arrive.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Reads one message. `Ok(None)` means the peer closed cleanly between
-/// messages. The declared length is checked against `max` before the body is
-/// read, so a hostile length never allocates.
+/// messages. `buf` must be kept between calls: bytes read past the end of one
+/// message (a pipelined next message) stay in it. The declared length is
+/// checked against `max` before the buffer grows for the body.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<Frame>, WireError> {
-    buf.clear();
-    buf.resize(HEADER_LEN, 0);
-    let mut filled = 0;
-    while filled < HEADER_LEN {
+    loop {
+        let wanted = match buf.get(..HEADER_LEN) {
+            Some(head) => {
+                let header = MsgHeader::parse(head, max)?;
+                let len = header.message_length as usize;
+                if buf.len() >= len {
+                    return Ok(Some(Frame {
+                        header,
+                        bytes: buf.split_to(len).freeze(),
+                    }));
+                }
+                len - buf.len()
+            }
+            None => HEADER_LEN - buf.len(),
+        };
+        buf.reserve(wanted.clamp(HEADER_LEN, READ_CHUNK));
         let n = reader
-            .read(&mut buf[filled..HEADER_LEN])
+            .read_buf(buf)
             .await
             .map_err(|e| WireError::Io(e.to_string()))?;
         if n == 0 {
-            return if filled == 0 {
+            return if buf.is_empty() {
                 Ok(None)
             } else {
                 Err(WireError::UnexpectedEof)
             };
         }
-        filled += n;
     }
-    let header = MsgHeader::parse(buf, max)?;
-    let len = header.message_length as usize;
-    buf.resize(len, 0);
-    reader
-        .read_exact(&mut buf[HEADER_LEN..len])
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => WireError::UnexpectedEof,
-            _ => WireError::Io(e.to_string()),
-        })?;
-    Ok(Some(Frame {
-        header,
-        bytes: buf.split().freeze(),
-    }))
 }
 
 #[cfg(test)]
@@ -110,6 +112,7 @@ mod tests {
             WireError::UnexpectedEof
         );
         let mut r = &input[..5];
+        let mut buf = BytesMut::new();
         assert_eq!(
             read_frame(&mut r, &mut buf, 100).await.unwrap_err(),
             WireError::UnexpectedEof
