@@ -27,9 +27,9 @@ async fn hello_is_answered_like_a_mongos_over_op_msg_and_op_query() {
 
     let r = c.command(rawdoc! { "hello": 1, "helloOk": true, "saslSupportedMechs": "$external.alice", "$db": "admin" }).await;
     assert!(is_ok(&r), "{r:?}");
-    assert_eq!(r.get_bool("isWritablePrimary").unwrap(), true);
+    assert!(r.get_bool("isWritablePrimary").unwrap());
     assert_eq!(r.get_str("msg").unwrap(), "isdbgrid");
-    assert_eq!(r.get_bool("helloOk").unwrap(), true);
+    assert!(r.get_bool("helloOk").unwrap());
     let mechs: Vec<&str> = r
         .get_array("saslSupportedMechs")
         .unwrap()
@@ -60,7 +60,7 @@ async fn hello_is_answered_like_a_mongos_over_op_msg_and_op_query() {
 
     // The camelCase spelling the Rust driver uses answers `ismaster`.
     let r = c.command(rawdoc! { "isMaster": 1, "$db": "admin" }).await;
-    assert_eq!(r.get_bool("ismaster").unwrap(), true);
+    assert!(r.get_bool("ismaster").unwrap());
     assert!(
         r.get("saslSupportedMechs").unwrap().is_none(),
         "only listed when asked"
@@ -70,7 +70,7 @@ async fn hello_is_answered_like_a_mongos_over_op_msg_and_op_query() {
     let r = c
         .legacy_command("admin.$cmd", rawdoc! { "ismaster": 1, "helloOk": true })
         .await;
-    assert_eq!(r.get_bool("ismaster").unwrap(), true);
+    assert!(r.get_bool("ismaster").unwrap());
     assert_eq!(r.get_str("msg").unwrap(), "isdbgrid");
 
     // Load-balanced clients need a serviceId.
@@ -154,7 +154,7 @@ async fn machine_flow_signs_in_and_relays_to_the_backend() {
     let r = c.sign_in(&env.token("alice", &["writers"], 600)).await;
     assert!(is_ok(&r), "{r:?}");
     assert_eq!(r.get_i32("conversationId").unwrap(), 1);
-    assert_eq!(r.get_bool("done").unwrap(), true);
+    assert!(r.get_bool("done").unwrap());
     assert_eq!(r.get_binary("payload").unwrap().bytes, b"");
 
     let r = c
@@ -207,7 +207,7 @@ async fn human_flow_returns_the_idp_document_then_accepts_the_jwt() {
     let mut c = env.client().await;
     let r = c.command(sasl_start(&rawdoc! {})).await;
     assert!(is_ok(&r), "{r:?}");
-    assert_eq!(r.get_bool("done").unwrap(), false);
+    assert!(!r.get_bool("done").unwrap());
     assert_eq!(r.get_i32("conversationId").unwrap(), 1);
     let payload = r.get_binary("payload").unwrap().bytes;
     // Exactly {issuer, clientId}: pymongo refuses any extra key.
@@ -227,7 +227,7 @@ async fn human_flow_returns_the_idp_document_then_accepts_the_jwt() {
     // With a principal-name hint, the token's principal must match it.
     let mut c = env.client().await;
     let r = c.command(sasl_start(&rawdoc! { "n": "carol" })).await;
-    assert_eq!(r.get_bool("done").unwrap(), false);
+    assert!(!r.get_bool("done").unwrap());
     let r = c
         .command(sasl_continue(
             &rawdoc! { "jwt": env.token("dave", &["readers"], 600) },
@@ -370,7 +370,7 @@ async fn sasl_misuse_gets_mongods_errors() {
     let r = c.command(sasl_continue(&rawdoc! { "jwt": "x" })).await;
     assert_eq!(err(&r), (17, "No SASL session state found".into()));
     let r = c.command(sasl_start(&rawdoc! {})).await;
-    assert_eq!(r.get_bool("done").unwrap(), false);
+    assert!(!r.get_bool("done").unwrap());
     let r = c.command(rawdoc! { "saslContinue": 1, "conversationId": 7, "payload": payload, "$db": "$external" }).await;
     assert_eq!(err(&r), (17, "sasl: Mismatched conversation id".into()));
     let r = c

@@ -284,7 +284,8 @@ backend_password_env = "DBA_PASSWORD"
 
     #[test]
     fn refuses_bad_values_naming_the_field() {
-        let cases: Vec<(Box<dyn Fn(&str) -> String>, &str)> = vec![
+        type Edit = Box<dyn Fn(&str) -> String>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|s| s.replace("uri = \"mongodb://127.0.0.1:27018/\"", "uri = \"\"")), "backend.uri: must be a mongodb:// URI such as mongodb://127.0.0.1:27018/"),
             (Box::new(|s| format!("{s}\n[limits]\nmax_message_size = 10\n")), "limits.max_message_size: must be between 1048576 and 48000000 bytes"),
             (Box::new(|s| format!("{s}\n[limits]\nmax_connections = 0\n")), "limits.max_connections: must be at least 1"),

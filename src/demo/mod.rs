@@ -80,7 +80,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         demo_config(
             &args,
             &certs,
-            &idp.issuer(),
+            idp.issuer(),
             &idp.options().client_id,
             &backend_uri,
             &grants,
@@ -101,7 +101,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         running.local_addr,
         running.metrics_addr,
         &certs.ca_cert,
-        &idp.issuer(),
+        idp.issuer(),
         &alice,
         &bob,
         &config_path,
