@@ -536,7 +536,9 @@ fn client_tls(ca: &Path) -> Res<Arc<rustls::ClientConfig>> {
 
 fn find_haproxy() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("E2E_HAPROXY") {
-        return Some(PathBuf::from(p));
+        // E2E_HAPROXY=none (or any non-file) skips the haproxy path.
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -866,7 +868,7 @@ fn run(settings: Settings) -> Res<()> {
         }
         None => eprintln!(
             "e2e: haproxy not found; the haproxy path is skipped. Install it with \
-             `apt-get install -y haproxy` (Debian/Ubuntu, as root) or set E2E_HAPROXY=/path/to/haproxy."
+             `apt-get install -y haproxy` (Debian/Ubuntu, as root) or set E2E_HAPROXY=/path/to/haproxy (E2E_HAPROXY=none skips it)."
         ),
     }
 
