@@ -86,6 +86,30 @@ impl AsyncWrite for BackendStream {
     }
 }
 
+/// How much of a large reply is read before it is passed on.
+const FORWARD_CHUNK: usize = 64 * 1024;
+
+/// What [`BackendConnection::forward_reply`] passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedReply {
+    pub bytes: usize,
+    /// An exhaust stream: another reply to the same request follows.
+    pub more_to_come: bool,
+}
+
+/// Why forwarding a reply stopped.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// The backend failed before anything reached the client, which can
+    /// still be sent an error reply.
+    Backend(BackendError),
+    /// The backend failed after part of the reply reached the client: the
+    /// client's stream is mid-message and the connection must close.
+    BackendMidReply(BackendError),
+    /// Writing to the client failed.
+    Client(io::Error),
+}
+
 /// An open connection to one backend host.
 #[derive(Debug)]
 pub struct BackendConnection {
@@ -205,6 +229,86 @@ impl BackendConnection {
                 source,
             }),
         }
+    }
+
+    /// Copies the next reply to `client` as its bytes arrive, without holding
+    /// the whole message: only the header is parsed (for the size limit and
+    /// the moreToCome flag of exhaust streams).
+    pub async fn forward_reply<W: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut W,
+    ) -> Result<ForwardedReply, ForwardError> {
+        let header = loop {
+            if let Some(head) = self.read_buf.get(..wire::HEADER_LEN) {
+                let header =
+                    wire::MsgHeader::parse(head, self.max_message_size).map_err(|source| {
+                        ForwardError::Backend(BackendError::Wire {
+                            addr: self.addr.clone(),
+                            source,
+                        })
+                    })?;
+                // The OP_MSG flags follow the header; a shorter message is all header.
+                let need = (header.message_length as usize).min(wire::HEADER_LEN + 4);
+                if self.read_buf.len() >= need {
+                    break header;
+                }
+            }
+            self.fill(wire::HEADER_LEN + 4)
+                .await
+                .map_err(ForwardError::Backend)?;
+        };
+        let len = header.message_length as usize;
+        let more_to_come = header.op_code == OpCode::Msg
+            && self
+                .read_buf
+                .get(wire::HEADER_LEN..wire::HEADER_LEN + 4)
+                .is_some_and(|f| {
+                    u32::from_le_bytes([f[0], f[1], f[2], f[3]]) & wire::OpMsgFlags::MORE_TO_COME
+                        != 0
+                });
+        let mut remaining = len;
+        loop {
+            let take = self.read_buf.len().min(remaining);
+            if take > 0 {
+                client
+                    .write_all(&self.read_buf[..take])
+                    .await
+                    .map_err(ForwardError::Client)?;
+                bytes::Buf::advance(&mut self.read_buf, take);
+                remaining -= take;
+            }
+            if remaining == 0 {
+                break;
+            }
+            self.fill(remaining.min(FORWARD_CHUNK))
+                .await
+                .map_err(ForwardError::BackendMidReply)?;
+        }
+        client.flush().await.map_err(ForwardError::Client)?;
+        Ok(ForwardedReply {
+            bytes: len,
+            more_to_come,
+        })
+    }
+
+    /// One read of at most about `want` more bytes; the peer closing is an error.
+    async fn fill(&mut self, want: usize) -> Result<(), BackendError> {
+        use tokio::io::AsyncReadExt;
+        self.read_buf.reserve(want);
+        let n = self
+            .stream
+            .read_buf(&mut self.read_buf)
+            .await
+            .map_err(|e| BackendError::Io {
+                addr: self.addr.clone(),
+                detail: e.to_string(),
+            })?;
+        if n == 0 {
+            return Err(BackendError::Closed {
+                addr: self.addr.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// The stream, for a relay loop that reads and writes frames itself.
@@ -556,5 +660,92 @@ mod tests {
         );
         let e = auth_err(sasl(ok_first, || sasl_reply(true, "v=AAAA"))).await;
         assert!(!e.contains("secret-pw"));
+    }
+
+    /// A raw server that writes `bytes` to the first connection, then closes.
+    async fn serve_raw(bytes: Vec<u8>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            // Dribble it out so the forwarder sees many partial reads.
+            for chunk in bytes.chunks(50_000) {
+                sock.write_all(chunk).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        addr
+    }
+
+    async fn connect_to(addr: std::net::SocketAddr) -> BackendConnection {
+        BackendConnection::connect("127.0.0.1", addr.port(), None, Duration::from_secs(5))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn forwards_large_and_exhaust_replies_byte_for_byte() {
+        let big = rawdoc! { "blob": bson::Binary { subtype: BinarySubtype::Generic, bytes: vec![7u8; 1 << 20] }, "ok": 1.0 };
+        let first = op_msg::encode(1, 9, wire::OpMsgFlags::MORE_TO_COME, &big);
+        let last = op_msg::encode(2, 9, 0, &rawdoc! { "ok": 1.0 });
+        let addr = serve_raw([first.clone(), last.clone()].concat()).await;
+        let mut conn = connect_to(addr).await;
+        let mut out = Vec::new();
+        let r = conn.forward_reply(&mut out).await.unwrap();
+        assert_eq!(
+            r,
+            ForwardedReply {
+                bytes: first.len(),
+                more_to_come: true
+            }
+        );
+        let r = conn.forward_reply(&mut out).await.unwrap();
+        assert_eq!(
+            r,
+            ForwardedReply {
+                bytes: last.len(),
+                more_to_come: false
+            }
+        );
+        assert_eq!(out, [first, last].concat());
+    }
+
+    #[tokio::test]
+    async fn a_backend_closing_mid_reply_is_reported_as_such() {
+        let reply = op_msg::encode(1, 9, 0, &rawdoc! { "pad": "x".repeat(200_000), "ok": 1.0 });
+        let addr = serve_raw(reply[..150_000].to_vec()).await;
+        let mut conn = connect_to(addr).await;
+        let mut out = Vec::new();
+        let err = conn.forward_reply(&mut out).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ForwardError::BackendMidReply(BackendError::Closed { .. })
+            ),
+            "{err:?}"
+        );
+        // Before any byte: a plain backend error the session can still answer.
+        let addr = serve_raw(Vec::new()).await;
+        let mut conn = connect_to(addr).await;
+        let err = conn.forward_reply(&mut Vec::new()).await.unwrap_err();
+        assert!(
+            matches!(err, ForwardError::Backend(BackendError::Closed { .. })),
+            "{err:?}"
+        );
+        // A reply over the limit is refused before it is forwarded.
+        let addr = serve_raw(op_msg::encode(1, 9, 0, &big_doc())).await;
+        let mut conn = connect_to(addr).await;
+        conn.set_max_message_size(1000);
+        let mut out = Vec::new();
+        let err = conn.forward_reply(&mut out).await.unwrap_err();
+        assert!(
+            matches!(err, ForwardError::Backend(BackendError::Wire { .. })),
+            "{err:?}"
+        );
+        assert!(out.is_empty());
+    }
+
+    fn big_doc() -> RawDocumentBuf {
+        rawdoc! { "pad": "y".repeat(5000) }
     }
 }

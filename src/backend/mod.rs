@@ -27,7 +27,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::BackendConfig;
 use crate::wire::WireError;
 
-pub use connection::{BackendConnection, BackendStream};
+pub use connection::{BackendConnection, BackendStream, ForwardError, ForwardedReply};
 pub use info::{Hello, ServerInfo};
 pub use scram::{SaltedPasswordCache, ScramError};
 pub use uri::{BackendSettings, HostPort, TlsOptions, UriError};

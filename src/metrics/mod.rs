@@ -27,7 +27,7 @@ pub struct Metrics {
     pub sessions_refused: IntCounter,
     pub reauthentications: IntCounter,
     pub expired_sessions: IntCounter,
-    pub commands: IntCounterVec,
+    commands: [IntCounter; Disposition::ALL.len()],
     pub wire_errors: IntCounterVec,
     /// Resolved once: the relay path touches only these atomics.
     pub relay: RelayCounters,
@@ -67,6 +67,39 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
         .register(Box::new(h.clone()))
         .expect("metric names are unique");
     h
+}
+
+/// How the proxy handled a client command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Local,
+    Relayed,
+    RefusedUnauthenticated,
+    RefusedNoGrant,
+    ReauthenticationRequired,
+    RefusedOpQuery,
+}
+
+impl Disposition {
+    const ALL: [Disposition; 6] = [
+        Disposition::Local,
+        Disposition::Relayed,
+        Disposition::RefusedUnauthenticated,
+        Disposition::RefusedNoGrant,
+        Disposition::ReauthenticationRequired,
+        Disposition::RefusedOpQuery,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Disposition::Local => "local",
+            Disposition::Relayed => "relayed",
+            Disposition::RefusedUnauthenticated => "refused_unauthenticated",
+            Disposition::RefusedNoGrant => "refused_no_grant",
+            Disposition::ReauthenticationRequired => "reauthentication_required",
+            Disposition::RefusedOpQuery => "refused_op_query",
+        }
+    }
 }
 
 /// Per-direction relay counters, with their labels resolved up front.
@@ -156,12 +189,15 @@ impl Metrics {
                 "expired_sessions_total",
                 "Sessions whose token expired (clients got 391).",
             ),
-            commands: counter_vec(
-                &r,
-                "commands_total",
-                "Client commands, by how the proxy handled them.",
-                &["disposition"],
-            ),
+            commands: {
+                let vec = counter_vec(
+                    &r,
+                    "commands_total",
+                    "Client commands, by how the proxy handled them.",
+                    &["disposition"],
+                );
+                Disposition::ALL.map(|d| vec.with_label_values(&[d.label()]))
+            },
             wire_errors: counter_vec(
                 &r,
                 "wire_errors_total",
@@ -183,6 +219,13 @@ impl Metrics {
             ),
             registry: r,
             ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts one command; the label was resolved at start-up.
+    pub fn count_command(&self, d: Disposition) {
+        if let Some(c) = self.commands.get(d as usize) {
+            c.inc();
         }
     }
 

@@ -29,7 +29,7 @@ use crate::auth::{AuthFailure, Identity, IdpRegistry};
 use crate::authz::{BackendIdentity, Decision, Grants};
 use crate::backend::{Backend, BackendConnection};
 use crate::errors::MongoError;
-use crate::metrics::Metrics;
+use crate::metrics::{Disposition, Metrics};
 use crate::wire::{self, Frame, OpCode, OpMsg, OpQuery};
 
 pub use handshake::ProxyIdentity;
@@ -222,12 +222,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .inc();
     }
 
-    fn count_command(&self, disposition: &str) {
-        self.ctx
-            .metrics
-            .commands
-            .with_label_values(&[disposition])
-            .inc();
+    fn count_command(&self, disposition: Disposition) {
+        self.ctx.metrics.count_command(disposition);
     }
 
     async fn on_op_msg(&mut self, frame: &Frame) -> Result<(), CloseReason> {
@@ -286,7 +282,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let name = wire::op_msg::first_key(query.query).unwrap_or("");
         if query.command_database().is_none() || !handshake::is_handshake(name) {
-            self.count_command("refused_op_query");
+            self.count_command(Disposition::RefusedOpQuery);
             let err = MongoError::unsupported_op_query_command(format!(
                 "Unsupported OP_QUERY command: {name}. The client driver may require an upgrade. For more details see https://dochub.mongodb.org/core/legacy-opcode-removal"
             ));
@@ -326,7 +322,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         more_to_come: bool,
     ) -> Result<Option<RawDocumentBuf>, CloseReason> {
         if handshake::is_handshake(name) {
-            self.count_command("local");
+            self.count_command(Disposition::Local);
             return Ok(Some(
                 self.hello(name, body)
                     .await
@@ -353,7 +349,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             _ => None,
         };
         if let Some(result) = local {
-            self.count_command("local");
+            self.count_command(Disposition::Local);
             return Ok(Some(result.unwrap_or_else(|e| e.to_document())));
         }
         self.authorised_relay(name, frame, more_to_come).await
@@ -368,13 +364,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Result<Option<RawDocumentBuf>, CloseReason> {
         let now = unix_now();
         let refusal = match &self.signed_in {
-            None => Some(("refused_unauthenticated", MongoError::unauthorized(format!("Command {name} requires authentication")))),
+            None => Some((Disposition::RefusedUnauthenticated, MongoError::unauthorized(format!("Command {name} requires authentication")))),
             Some(s) if s.expired(now, &self.ctx.registry) => {
-                Some(("reauthentication_required", MongoError::reauthentication_required(format!(
+                Some((Disposition::ReauthenticationRequired, MongoError::reauthentication_required(format!(
                     "Command {name} requires reauthentication since the current authorization session has expired. Please re-auth."
                 ))))
             }
-            Some(SignedIn { access: Access::Refused, identity, .. }) => Some(("refused_no_grant", MongoError::unauthorized(format!(
+            Some(SignedIn { access: Access::Refused, identity, .. }) => Some((Disposition::RefusedNoGrant, MongoError::unauthorized(format!(
                 "not authorized to execute command {name}: no grant of this proxy names user '{}' or its roles; ask the proxy's operator for a [[grant]]",
                 identity.user
             )))),
@@ -384,7 +380,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.count_command(disposition);
             return Ok(Some(err.to_document()));
         }
-        self.count_command("relayed");
+        self.count_command(Disposition::Relayed);
         self.relay(frame, more_to_come).await
     }
 
