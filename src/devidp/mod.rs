@@ -271,7 +271,7 @@ impl DevIdp {
 
     /// Withdraws the key `kid` from the JWKS; returns whether it was published.
     /// A withdrawn key that is still the current one for its algorithm keeps
-    /// signing (see [`KeyRing`]) until the next [`rotate`](Self::rotate).
+    /// signing until the next [`rotate`](Self::rotate).
     pub fn remove_key(&self, kid: &str) -> bool {
         let mut ring = self
             .inner
