@@ -714,3 +714,31 @@ async fn a_key_withdrawn_from_the_jwks_ends_sessions_signed_with_it() {
     ));
     env.stop().await;
 }
+
+#[tokio::test]
+async fn silence_before_sign_in_closes_the_connection_but_not_during_a_human_flow() {
+    // The test config allows 5 s of silence before sign-in.
+    let env = ProxyEnv::start().await;
+    let mut idle = env.client().await;
+    let mut human = env.client().await;
+    let r = human.command(sasl_start(&rawdoc! {})).await;
+    assert!(!r.get_bool("done").unwrap());
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    assert!(
+        idle.recv().await.is_none(),
+        "an anonymous connection silent for longer than auth_timeout_secs is closed"
+    );
+    // The person at the IdP may take longer: step 2 still works.
+    let r = human
+        .command(sasl_continue(
+            &rawdoc! { "jwt": env.token("hana", &["writers"], 600) },
+        ))
+        .await;
+    assert!(is_ok(&r) && r.get_bool("done").unwrap(), "{r:?}");
+    let m = env.running().metrics.render();
+    assert!(
+        m.contains("mongo_oidc_proxy_connections_closed_total{reason=\"idle_before_sign_in\"} 1"),
+        "{m}"
+    );
+    env.stop().await;
+}

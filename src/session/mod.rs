@@ -34,6 +34,9 @@ use crate::wire::{self, Frame, OpCode, OpMsg, OpQuery};
 
 pub use handshake::ProxyIdentity;
 
+/// Drivers' human-flow callback timeout (300 s) plus a margin.
+const HUMAN_FLOW_TIMEOUT: Duration = Duration::from_secs(310);
+
 /// What every session shares: configuration turned into live parts.
 pub struct Context {
     pub registry: Arc<IdpRegistry>,
@@ -194,7 +197,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let max = self.ctx.proxy.max_message_size;
         let read = wire::read_frame(&mut self.stream, &mut self.read_buf, max);
         let result = if self.signed_in.is_none() {
-            match tokio::time::timeout(self.ctx.anonymous_idle_timeout, read).await {
+            // Between the two steps of the human flow a person signs in at
+            // the IdP; drivers give that callback five minutes.
+            let idle = if self.conversation.is_active() {
+                self.ctx.anonymous_idle_timeout.max(HUMAN_FLOW_TIMEOUT)
+            } else {
+                self.ctx.anonymous_idle_timeout
+            };
+            match tokio::time::timeout(idle, read).await {
                 Ok(r) => r,
                 Err(_) => return Err(CloseReason::IdleBeforeSignIn),
             }
