@@ -2,13 +2,16 @@
 //! operator can paste their mongod value unchanged (OIDC-REFERENCE §2.1/§2.2):
 //!
 //! ```toml
+//! # a TOML literal string: ''' when the JSON spans several lines
 //! identity_providers_json = '[{"issuer": "https://idp.example.com", ...}]'
 //! # or, resolved against the config file's directory:
 //! identity_providers_file = "oidc-identity-providers.json"
 //! ```
 //!
-//! Parsing is as strict as mongod's IDL: unknown fields and wrong JSON types
-//! are refused, naming the element and field (`identity_providers_json[0].serverCAFile`).
+//! Parsing is as strict as mongod's IDL: unknown fields, repeated fields and
+//! wrong JSON types are refused, naming the element and field
+//! (`identity_providers_json[0].serverCAFile`). Either key, not both, and
+//! never together with `[[identity_provider]]` tables.
 //! The mapped entries then go through the same rules as `[[identity_provider]]`
 //! tables; those errors are renamed to the JSON spelling
 //! (`identity_providers_json[1].matchPattern`).
@@ -20,8 +23,12 @@
 //! - `jwks_uri` and `jwks_min_quiesce_secs` cannot be set (mongod has no such
 //!   IdP fields): keys come from discovery, the quiesce period is 60 s.
 
+use std::collections::HashSet;
 use std::path::Path;
 
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{ConfigError, IdentityProviderConfig};
@@ -73,6 +80,8 @@ pub(super) fn parse(text: &str, source: &str) -> Result<Vec<IdentityProviderConf
             "is an empty array: configure at least one identity provider; without one nobody can sign in",
         ));
     }
+    // The same elements unparsed, to find repeated names a `Value` hides.
+    let raw: Vec<&RawValue> = serde_json::from_str(text).unwrap_or_default();
     let mut configs = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let Value::Object(obj) = item else {
@@ -81,7 +90,14 @@ pub(super) fn parse(text: &str, source: &str) -> Result<Vec<IdentityProviderConf
                 "OIDC configuration must be an array of objects",
             ));
         };
-        configs.push(map_one(&Element { source, index: i }, obj)?);
+        let el = Element { source, index: i };
+        if let Some(name) = raw.get(i).and_then(|r| repeated_name(r)) {
+            return Err(el.err(
+                &name,
+                "is given more than once: keep one (mongod refuses duplicate fields)",
+            ));
+        }
+        configs.push(map_one(&el, obj)?);
     }
     super::identity_provider::validate(&configs).map_err(|e| rename(e, source))?;
     Ok(configs)
@@ -189,6 +205,36 @@ impl Element<'_> {
             )),
         }
     }
+}
+
+/// The first member name a JSON object repeats (a `Value` keeps only the
+/// last one, which would silently change what the operator pasted).
+fn repeated_name(raw: &RawValue) -> Option<String> {
+    struct Repeated(Option<String>);
+    impl<'de> Deserialize<'de> for Repeated {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Repeated;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Repeated, A::Error> {
+                    let mut seen = HashSet::new();
+                    let mut first = None;
+                    while let Some(name) = map.next_key::<String>()? {
+                        map.next_value::<IgnoredAny>()?;
+                        if !seen.insert(name.clone()) && first.is_none() {
+                            first = Some(name);
+                        }
+                    }
+                    Ok(Repeated(first))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Repeated>(raw.get()).ok()?.0
 }
 
 fn issuer_note(obj: &Map<String, Value>) -> String {
@@ -534,6 +580,19 @@ mod tests {
         for (json, want) in cases {
             assert_eq!(refused(json.clone()), want, "for {json}");
         }
+    }
+
+    #[test]
+    fn a_repeated_field_is_refused() {
+        let text = r#"[{"issuer": "https://idp.example.com", "audience": "a",
+            "authNamePrefix": "p", "clientId": "c", "authorizationClaim": "groups"},
+            {"issuer": "https://idp.example.com", "audience": "b", "audience": "c",
+            "authNamePrefix": "p", "supportsHumanFlows": false, "useAuthorizationClaim": false}]"#;
+        assert_eq!(
+            parse(text, JSON_KEY).unwrap_err().to_string(),
+            "identity_providers_json[1].audience: is given more than once: keep one \
+             (mongod refuses duplicate fields)"
+        );
     }
 
     #[test]
