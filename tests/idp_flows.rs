@@ -5,7 +5,8 @@
 //!   sends, with the device flow and with the auth-code flow (a `--browser`
 //!   script that follows the redirects with curl);
 //! - key rotation: a new `kid` costs exactly one JWKS fetch, and a flood of
-//!   unknown `kid`s within the quiesce period costs at most one.
+//!   unknown `kid`s within the quiesce period costs at most one;
+//! - MongoDB's `oidcIdentityProviders` JSON pasted into the config.
 
 mod support;
 
@@ -323,5 +324,70 @@ async fn unknown_kid_flood_within_the_quiesce_period_costs_at_most_one_fetch() {
     );
     let mut c = sign_in(&env, &old).await;
     assert_eq!(user_of(&mut c).await, "test/es@example.com");
+    env.stop().await;
+}
+
+/// MongoDB's own `oidcIdentityProviders` JSON in place of the tables: the
+/// mock IdP for humans (mongosh device flow) and the dev IdP for machines.
+#[tokio::test]
+async fn a_pasted_mongod_setting_configures_the_proxy() {
+    let mock = MockIdp::start(
+        json!({ "sub": MOCK_USER, "groups": ["mockers"], "aud": MOCK_AUD }),
+        3600,
+    )
+    .await;
+    let extra = format!(
+        "[[grant]]\nrole = \"mock/mockers\"\nbackend_user = \"app_rw\"\nbackend_password_file = {pw:?}\n",
+        pw = proxy_env::shared_files()
+            .join("rw.password")
+            .display()
+            .to_string(),
+    );
+    let mock_issuer = mock.issuer();
+    let env = start_env(dev_options("demo-user"), "", &extra, |text| {
+        // Drop the dev IdP's table; the JSON names both IdPs instead.
+        let start = text.find("[[identity_provider]]").expect("dev IdP table");
+        let end = text.find("[[grant]]").expect("grants");
+        let dev_issuer = text[start..end]
+            .lines()
+            .find_map(|l| l.strip_prefix("issuer = "))
+            .expect("dev issuer")
+            .to_string();
+        let setting = format!(
+            r#"[
+  {{"issuer": "{mock_issuer}", "audience": "{MOCK_AUD}", "authNamePrefix": "mock",
+    "matchPattern": "@mock\\.example$", "clientId": "mongosh-test",
+    "authorizationClaim": "groups", "logClaims": ["iss", "sub", "groups"]}},
+  {{"issuer": {dev_issuer}, "audience": "{AUDIENCE}", "authNamePrefix": "test",
+    "authorizationClaim": "groups", "supportsHumanFlows": false, "JWKSPollSecs": 0}}
+]"#
+        );
+        format!(
+            "identity_providers_json = '''{setting}'''\n{}{}",
+            &text[..start],
+            &text[end..]
+        )
+    })
+    .await;
+    assert!(!env.config_text.contains("[[identity_provider]]"));
+
+    let out = run_mongosh(
+        &[
+            &mongosh_uri(&env),
+            "--username",
+            MOCK_USER,
+            "--oidcFlows=device-auth",
+            "--quiet",
+            "--eval",
+            STATUS_JS,
+        ],
+        &[],
+    )
+    .await;
+    assert_signed_in(&out, "mock/alice@mock.example", &["mock/mockers"]);
+
+    let mut c = sign_in(&env, &env.token("svc@example.com", &["writers"], 600)).await;
+    assert_eq!(user_of(&mut c).await, "test/svc@example.com");
+    drop(mock);
     env.stop().await;
 }
