@@ -6,6 +6,8 @@ pub mod idp;
 pub mod jwks;
 pub mod jwt;
 pub mod oidc;
+#[cfg(test)]
+mod shapes;
 
 pub use idp::IdpRegistry;
 

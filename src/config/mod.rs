@@ -2,6 +2,7 @@
 //! `oidcIdentityProviders` fields) and its validation.
 
 mod identity_provider;
+mod mongodb_json;
 mod validate;
 
 use std::net::SocketAddr;
@@ -18,6 +19,13 @@ pub struct Config {
     pub backend: BackendConfig,
     #[serde(default)]
     pub identity_provider: Vec<IdentityProviderConfig>,
+    /// MongoDB's `oidcIdentityProviders` JSON, inline: an alternative to the
+    /// `[[identity_provider]]` tables. Mapped into `identity_provider` at load.
+    #[serde(default)]
+    pub identity_providers_json: Option<String>,
+    /// The same JSON in a file (relative to the config file).
+    #[serde(default)]
+    pub identity_providers_file: Option<PathBuf>,
     #[serde(default)]
     pub grant: Vec<GrantConfig>,
     #[serde(default)]
@@ -193,18 +201,53 @@ impl Config {
                 format!("cannot read the config file: {e}"),
             )
         })?;
-        let mut config = Config::parse(&text)?;
-        if let Some(dir) = path.parent() {
+        Config::parse_in(&text, path.parent())
+    }
+
+    /// Parses and validates config text; relative paths stay relative to
+    /// the working directory.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, None)
+    }
+
+    fn parse_in(text: &str, dir: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(ConfigError::from_toml)?;
+        if let Some(dir) = dir {
             config.resolve_paths(dir);
         }
+        config.apply_mongodb_json()?;
+        validate::validate(&config)?;
         Ok(config)
     }
 
-    /// Parses and validates config text.
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(ConfigError::from_toml)?;
-        validate::validate(&config)?;
-        Ok(config)
+    /// Maps `identity_providers_json` / `identity_providers_file` into
+    /// `identity_provider`; either one, never together with the tables.
+    fn apply_mongodb_json(&mut self) -> Result<(), ConfigError> {
+        let key = match (&self.identity_providers_json, &self.identity_providers_file) {
+            (None, None) => return Ok(()),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    mongodb_json::JSON_KEY,
+                    "cannot be used together with identity_providers_file: keep one of them",
+                ))
+            }
+            (Some(_), None) => mongodb_json::JSON_KEY,
+            (None, Some(_)) => mongodb_json::FILE_KEY,
+        };
+        if !self.identity_provider.is_empty() {
+            return Err(ConfigError::new(
+                key,
+                "cannot be used together with [[identity_provider]] tables: configure the \
+                 identity providers either as MongoDB's JSON or as tables, not both",
+            ));
+        }
+        self.identity_provider =
+            match (&self.identity_providers_json, &self.identity_providers_file) {
+                (Some(text), _) => mongodb_json::parse(text, key)?,
+                (None, Some(path)) => mongodb_json::load_file(path)?,
+                (None, None) => Vec::new(),
+            };
+        Ok(())
     }
 
     fn resolve_paths(&mut self, dir: &Path) {
@@ -217,6 +260,9 @@ impl Config {
         fix(&mut self.listen.tls_key);
         if let Some(ca) = self.listen.client_ca.as_mut() {
             fix(ca);
+        }
+        if let Some(json) = self.identity_providers_file.as_mut() {
+            fix(json);
         }
         for g in &mut self.grant {
             if let Some(f) = g.backend_password_file.as_mut() {
@@ -311,6 +357,87 @@ backend_password_env = "DBA_PASSWORD"
         assert!(
             err.contains("unknown variant `xml`, expected `text` or `json`"),
             "{err}"
+        );
+    }
+
+    /// GOOD without its `[[identity_provider]]` table, plus `idps`.
+    fn with_json_idps(idps: &str) -> String {
+        let start = GOOD.find("[[identity_provider]]").unwrap();
+        let end = GOOD.find("[[grant]]").unwrap();
+        // Top-level keys must come before the first table.
+        format!("{idps}\n{}{}", &GOOD[..start], &GOOD[end..])
+    }
+
+    const JSON_IDPS: &str = r#"[{"issuer": "https://idp.example.com", "audience": "api://mongodb",
+        "authNamePrefix": "okta", "clientId": "abc", "authorizationClaim": "groups",
+        "matchPattern": "@example\\.com$"}]"#;
+
+    #[test]
+    fn mongodb_json_inline_replaces_the_tables() {
+        let c = Config::parse(&with_json_idps(&format!(
+            "identity_providers_json = '''{JSON_IDPS}'''"
+        )))
+        .unwrap();
+        assert_eq!(c.identity_provider.len(), 1);
+        let idp = &c.identity_provider[0];
+        assert_eq!(idp.auth_name_prefix, "okta");
+        assert_eq!(idp.match_pattern.as_deref(), Some("@example\\.com$"));
+        assert_eq!(idp.jwks_poll_secs, 86_400);
+    }
+
+    #[test]
+    fn mongodb_json_file_is_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("idps.json"), JSON_IDPS).unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            with_json_idps("identity_providers_file = \"idps.json\""),
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.identity_provider[0].issuer, "https://idp.example.com");
+        assert_eq!(
+            c.identity_providers_file.as_deref(),
+            Some(dir.path().join("idps.json").as_path())
+        );
+    }
+
+    #[test]
+    fn mongodb_json_refusals() {
+        let both_tables = format!("identity_providers_json = '''{JSON_IDPS}'''\n{GOOD}");
+        assert_eq!(
+            Config::parse(&both_tables).unwrap_err().to_string(),
+            "identity_providers_json: cannot be used together with [[identity_provider]] tables: \
+             configure the identity providers either as MongoDB's JSON or as tables, not both"
+        );
+        let file_and_tables = format!("identity_providers_file = \"x.json\"\n{GOOD}");
+        assert_eq!(
+            Config::parse(&file_and_tables).unwrap_err().field,
+            "identity_providers_file"
+        );
+        let json_and_file = with_json_idps(&format!(
+            "identity_providers_json = '''{JSON_IDPS}'''\nidentity_providers_file = \"x.json\""
+        ));
+        assert_eq!(
+            Config::parse(&json_and_file).unwrap_err().to_string(),
+            "identity_providers_json: cannot be used together with identity_providers_file: \
+             keep one of them"
+        );
+        let bad_rule = with_json_idps(&format!(
+            "identity_providers_json = '''{}'''",
+            JSON_IDPS.replace("\"okta\"", "\"ok.ta\"")
+        ));
+        assert_eq!(
+            Config::parse(&bad_rule).unwrap_err().to_string(),
+            "identity_providers_json[0].authNamePrefix: 'ok.ta' may only contain letters, \
+             digits, '_' and '-'"
+        );
+        let not_string = with_json_idps("identity_providers_json = [1]");
+        let e = Config::parse(&not_string).unwrap_err().to_string();
+        assert!(
+            e.contains("invalid type: sequence, expected a string"),
+            "{e}"
         );
     }
 
