@@ -1,9 +1,9 @@
 //! The backend client against a real SecantusDB server (a MongoDB-wire
 //! compatible database; see BACKEND.md).
 //!
-//! Needs `MOP_SECANTUSD` = path to `secantusd-py` (with pymongo installed in
-//! the same venv, as `pip install SecantusDB` does). Fails, never skips,
-//! when it is missing: a silently skipped backend test proves nothing.
+//! Finds `secantusd-py` as the other tests do ($MOP_SECANTUSD, then the
+//! venv of scripts/setup-tools.sh); pymongo must be in the same venv. Fails,
+//! never skips, when it is missing: a skipped backend test proves nothing.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -23,14 +23,12 @@ c.app.command("createUser", "writer", pwd="writer-pw", roles=[{"role": "readWrit
 "#;
 
 fn secantusd() -> PathBuf {
-    match std::env::var_os("MOP_SECANTUSD") {
-        Some(p) => PathBuf::from(p),
-        None => panic!(
-            "MOP_SECANTUSD is not set. Install the test backend with \
-             `python3 -m venv /tmp/venv && /tmp/venv/bin/pip install SecantusDB` and run with \
-             MOP_SECANTUSD=/tmp/venv/bin/secantusd-py"
-        ),
-    }
+    let tools = std::env::var_os("MOP_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools"));
+    mongo_oidc_proxy::demo::secantus::find_secantusd(Some(&tools)).unwrap_or_else(|| {
+        panic!("secantusd-py not found ($MOP_SECANTUSD, {}/venv/bin, PATH): run scripts/setup-tools.sh first", tools.display())
+    })
 }
 
 fn free_port() -> u16 {
