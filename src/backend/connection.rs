@@ -97,16 +97,10 @@ pub struct ForwardedReply {
     pub more_to_come: bool,
 }
 
-/// Why forwarding a reply stopped.
+/// Why forwarding a reply stopped: which side failed.
 #[derive(Debug)]
 pub enum ForwardError {
-    /// The backend failed before anything reached the client, which can
-    /// still be sent an error reply.
     Backend(BackendError),
-    /// The backend failed after part of the reply reached the client: the
-    /// client's stream is mid-message and the connection must close.
-    BackendMidReply(BackendError),
-    /// Writing to the client failed.
     Client(io::Error),
 }
 
@@ -282,7 +276,7 @@ impl BackendConnection {
             }
             self.fill(remaining.min(FORWARD_CHUNK))
                 .await
-                .map_err(ForwardError::BackendMidReply)?;
+                .map_err(ForwardError::Backend)?;
         }
         client.flush().await.map_err(ForwardError::Client)?;
         Ok(ForwardedReply {
@@ -711,20 +705,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_backend_closing_mid_reply_is_reported_as_such() {
+    async fn a_backend_closing_mid_reply_is_a_backend_error() {
         let reply = op_msg::encode(1, 9, 0, &rawdoc! { "pad": "x".repeat(200_000), "ok": 1.0 });
         let addr = serve_raw(reply[..150_000].to_vec()).await;
         let mut conn = connect_to(addr).await;
         let mut out = Vec::new();
         let err = conn.forward_reply(&mut out).await.unwrap_err();
         assert!(
-            matches!(
-                err,
-                ForwardError::BackendMidReply(BackendError::Closed { .. })
-            ),
+            matches!(err, ForwardError::Backend(BackendError::Closed { .. })),
             "{err:?}"
         );
-        // Before any byte: a plain backend error the session can still answer.
+        assert_eq!(out.len(), 150_000, "what arrived was passed on");
+        // Closed before any byte.
         let addr = serve_raw(Vec::new()).await;
         let mut conn = connect_to(addr).await;
         let err = conn.forward_reply(&mut Vec::new()).await.unwrap_err();

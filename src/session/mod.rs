@@ -81,6 +81,7 @@ pub enum CloseReason {
     MalformedMessage,
     UnsupportedOpcode,
     ClientIo,
+    BackendClosed,
 }
 
 impl CloseReason {
@@ -91,6 +92,7 @@ impl CloseReason {
             CloseReason::MalformedMessage => "malformed_message",
             CloseReason::UnsupportedOpcode => "unsupported_opcode",
             CloseReason::ClientIo => "client_io",
+            CloseReason::BackendClosed => "backend_closed",
         }
     }
 }
@@ -654,20 +656,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(()) => Ok(None),
             Err(relay::RelayError::Client) => Err(CloseReason::ClientIo),
             Err(relay::RelayError::Backend(e)) => {
-                // The command may or may not have run; say so with a retryable network code.
+                // When either side closes, both close: the driver sees a
+                // network error and retries on a new connection if it may.
                 self.ctx
                     .metrics
                     .backend_errors
                     .with_label_values(&["relay"])
                     .inc();
-                warn!(error = %e, "backend connection lost while relaying; reconnecting on the next command");
-                *connection = None;
-                Ok(Some(
-                    MongoError::host_unreachable(format!(
-                        "mongo-oidc-proxy lost its backend connection: {e}"
-                    ))
-                    .to_document(),
-                ))
+                warn!(error = %e, "backend connection lost while relaying; closing the client connection");
+                Err(CloseReason::BackendClosed)
             }
         }
     }

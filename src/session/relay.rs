@@ -7,9 +7,7 @@ use crate::metrics::RelayCounters;
 use crate::wire::Frame;
 
 pub enum RelayError {
-    /// The client went away, or the backend failed mid-reply: close the client.
     Client,
-    /// The backend failed before any reply byte reached the client.
     Backend(BackendError),
 }
 
@@ -33,19 +31,12 @@ pub async fn relay<C: AsyncWrite + Unpin>(
     if more_to_come {
         return Ok(());
     }
-    let mut first = true;
     loop {
         let reply = match backend.forward_reply(client).await {
             Ok(reply) => reply,
-            // Before the first byte of the first reply the session can still answer.
-            Err(ForwardError::Backend(e)) if first => return Err(RelayError::Backend(e)),
-            Err(ForwardError::Backend(e) | ForwardError::BackendMidReply(e)) => {
-                tracing::warn!(error = %e, "backend failed in the middle of a reply; closing the client connection");
-                return Err(RelayError::Client);
-            }
+            Err(ForwardError::Backend(e)) => return Err(RelayError::Backend(e)),
             Err(ForwardError::Client(_)) => return Err(RelayError::Client),
         };
-        first = false;
         metrics.to_client_messages.inc();
         metrics.to_client_bytes.inc_by(reply.bytes as u64);
         if !reply.more_to_come {

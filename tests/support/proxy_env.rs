@@ -128,6 +128,12 @@ impl ProxyEnv {
     /// `dev_idp_fields` are added to the development IdP's table (e.g.
     /// `supports_human_flows = false`), `extra` after everything.
     pub async fn start_custom(dev_idp_fields: &str, extra: &str) -> ProxyEnv {
+        ProxyEnv::start_full(backend_uri(), dev_idp_fields, extra).await
+    }
+
+    /// Like [`ProxyEnv::start_custom`] in front of another backend, which
+    /// must have the [`WRITER`] and [`READER`] users.
+    pub async fn start_full(backend: &str, dev_idp_fields: &str, extra: &str) -> ProxyEnv {
         let idp = DevIdp::start(
             "127.0.0.1:0".parse().expect("addr"),
             DevIdpOptions {
@@ -138,7 +144,8 @@ impl ProxyEnv {
         )
         .await
         .expect("development IdP");
-        let config_text = config_text(idp.issuer(), dev_idp_fields, extra);
+        let config_text = config_text(idp.issuer(), dev_idp_fields, extra)
+            .replace(&toml_str(backend_uri()), &toml_str(backend));
         let config = Config::parse(&config_text)
             .unwrap_or_else(|e| panic!("test config refused: {e}\n{config_text}"));
         let running = server::start(config)
