@@ -140,13 +140,7 @@ fn block_on(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitC
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path).and_then(|c| {
-        mongo_oidc_proxy::authz::Grants::from_config(
-            &c.grant,
-            mongo_oidc_proxy::authz::Secrets::Resolve,
-        )
-        .map(|_| c)
-    }) {
+    match checked(path) {
         Ok(c) => {
             println!(
                 "{}: OK ({} identity provider(s), {} grant(s), listening on {})",
@@ -162,6 +156,19 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Everything start-up would refuse, short of binding ports and reaching
+/// the network: the config's fields, the grants' secrets, the TLS files.
+fn checked(path: &std::path::Path) -> Result<Config, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    mongo_oidc_proxy::authz::Grants::from_config(
+        &config.grant,
+        mongo_oidc_proxy::authz::Secrets::Resolve,
+    )
+    .map_err(|e| e.to_string())?;
+    mongo_oidc_proxy::tls::server_config(&config.listen).map_err(|e| e.to_string())?;
+    Ok(config)
 }
 
 fn dev_certs(out: &std::path::Path, hosts: &[String]) -> ExitCode {

@@ -754,12 +754,23 @@ async fn when_the_backend_closes_the_client_connection_closes_too() {
     .await;
     let env = ProxyEnv::start_full(&backend.uri, "", "").await;
     let mut c = env.client().await;
-    assert!(is_ok(&c.sign_in(&env.token("alice", &["writers"], 600)).await));
-    assert!(is_ok(&c.command(rawdoc! { "find": "things", "$db": "app" }).await));
+    assert!(is_ok(
+        &c.sign_in(&env.token("alice", &["writers"], 600)).await
+    ));
+    assert!(is_ok(
+        &c.command(rawdoc! { "find": "things", "$db": "app" }).await
+    ));
     backend.shutdown().await;
-    c.send_msg(0, &rawdoc! { "find": "things", "$db": "app" }).await;
-    assert!(c.recv().await.is_none(), "the proxy must close the client when the backend closes");
+    c.send_msg(0, &rawdoc! { "find": "things", "$db": "app" })
+        .await;
+    assert!(
+        c.recv().await.is_none(),
+        "the proxy must close the client when the backend closes"
+    );
     let m = env.running().metrics.render();
-    assert!(m.contains("mongo_oidc_proxy_connections_closed_total{reason=\"backend_closed\"} 1"), "{m}");
+    assert!(
+        m.contains("mongo_oidc_proxy_connections_closed_total{reason=\"backend_closed\"} 1"),
+        "{m}"
+    );
     env.stop().await;
 }
