@@ -294,6 +294,13 @@ async fn every_bad_token_is_answered_with_a_bare_18() {
                 &claims(idp, "alice", json!({})),
             ),
         ),
+        ("alg none with a signature", {
+            let header = json!({ "alg": "none", "typ": "JWT", "kid": kid });
+            format!(
+                "{}c2lnbmF0dXJl",
+                DevIdp::unsigned(&header, &claims(idp, "alice", json!({})))
+            )
+        }),
         ("HS256 with the public key", {
             let header = json!({ "alg": "HS256", "typ": "JWT", "kid": kid });
             let unsigned = DevIdp::unsigned(&header, &claims(idp, "alice", json!({})));
@@ -321,10 +328,38 @@ async fn every_bad_token_is_answered_with_a_bare_18() {
         ("four parts", "a.b.c.d".into()),
         ("bad base64", "!!!.???.***".into()),
     ];
-    for (what, token) in cases {
+    // The reason each one is logged and counted under; the client only sees 18.
+    let reasons = [
+        ("expired", "expired"),
+        ("wrong audience", "audience"),
+        ("wrong issuer", "issuer"),
+        ("not yet valid", "not_yet_valid"),
+        ("no exp", "malformed_token"),
+        ("alg none", "malformed_token"),
+        ("alg none with a signature", "algorithm"),
+        ("HS256 with the public key", "algorithm"),
+        ("unknown kid", "unknown_key"),
+        ("tampered signature", "bad_signature"),
+        ("groups not an array", "claim"),
+        ("empty string", "malformed_token"),
+        ("garbage", "malformed_token"),
+        ("two parts", "malformed_token"),
+        ("four parts", "malformed_token"),
+        ("bad base64", "malformed_token"),
+    ];
+    assert_eq!(reasons.len(), cases.len());
+    let attempts = &env.running().metrics.auth_attempts;
+    for ((what, token), (named, reason)) in cases.into_iter().zip(reasons) {
+        assert_eq!(what, named);
+        let before = attempts.with_label_values(&["failure", reason]).get();
         let mut c = env.client().await;
         let r = c.sign_in(&token).await;
         assert_eq!(err(&r), (AUTH_FAILED.0, AUTH_FAILED.1.into()), "{what}");
+        assert_eq!(
+            attempts.with_label_values(&["failure", reason]).get(),
+            before + 1,
+            "{what}: logged as {reason}"
+        );
         // Still anonymous afterwards.
         let r = c.command(rawdoc! { "find": "x", "$db": "app" }).await;
         assert_eq!(err(&r).0, 13, "{what}");
