@@ -518,7 +518,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .auth_attempts
             .with_label_values(&["failure", failure.reason()])
             .inc();
-        warn!(peer = %self.peer, reason = failure.reason(), error = %failure, "authentication failed");
+        // Debug-formatted: the reason quotes token fields (issuer, kid, ...)
+        // that an attacker chose, so control characters must be escaped.
+        warn!(peer = %self.peer, reason = failure.reason(), error = ?failure.to_string(), "authentication failed");
     }
 
     /// Accepts a verified identity: a first sign-in, or a re-authentication
