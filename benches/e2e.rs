@@ -66,7 +66,12 @@ fn env_usize(name: &str, default: usize) -> Res<usize> {
 impl Settings {
     fn from_env() -> Res<Settings> {
         let quick = std::env::var("E2E_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
-        let (ops, warmup, setups, rounds) = if quick {
+        // `cargo test --all-targets` runs bench binaries without `--bench`:
+        // then this is a smoke test that every path still works, not a measurement.
+        let smoke = !std::env::args().any(|a| a == "--bench");
+        let (ops, warmup, setups, rounds) = if smoke {
+            (20, 5, 5, 1)
+        } else if quick {
             (400, 40, 40, 1)
         } else {
             (5000, 300, 400, 2)
@@ -782,7 +787,7 @@ fn row(label: &str, c: usize, path: PathKind, mut s: Sample) -> Row {
 // ---------------------------------------------------------------- main
 
 fn main() -> ExitCode {
-    // `cargo bench` passes `--bench`; a filter argument is not supported.
+    // `cargo bench` passes `--bench` (see `Settings::from_env`); a filter argument is not supported.
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
