@@ -4,17 +4,9 @@
 
 mod support;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::proxy_env::ProxyEnv;
-use support::{clients_dir, run_mongosh, run_node, run_python, MockIdp};
-
-fn names(list: &Value, field: &str) -> Vec<String> {
-    list.as_array()
-        .unwrap_or_else(|| panic!("not a list: {list}"))
-        .iter()
-        .map(|v| v[field].as_str().unwrap_or_default().to_string())
-        .collect()
-}
+use support::{clients_dir, names, run_mongosh, run_node, run_python, MockIdp};
 
 #[tokio::test]
 async fn pymongo_signs_in_with_oidc_callback_and_works_against_the_backend() {

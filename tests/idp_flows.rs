@@ -13,13 +13,11 @@ mod support;
 use std::sync::Arc;
 
 use bson::rawdoc;
-use mongo_oidc_proxy::config::Config;
-use mongo_oidc_proxy::devidp::{DevAlg, DevIdp, DevIdpOptions};
-use mongo_oidc_proxy::server;
-use serde_json::{json, Value};
+use mongo_oidc_proxy::devidp::{DevAlg, DevIdpOptions};
+use serde_json::json;
 use support::proxy_env::{self, ProxyEnv, AUDIENCE};
 use support::wire_client::{error_of, is_ok, WireClient};
-use support::{clients_dir, free_port, run_mongosh, MockIdp, RunOutput};
+use support::{clients_dir, free_port, names, run_mongosh, MockIdp, RunOutput};
 
 const MOCK_AUD: &str = "resource-server-audience-value";
 const MOCK_USER: &str = "alice@mock.example";
@@ -33,20 +31,10 @@ async fn start_env(
     extra: &str,
     edit: impl Fn(String) -> String,
 ) -> ProxyEnv {
-    let idp = DevIdp::start("127.0.0.1:0".parse().expect("addr"), opts)
-        .await
-        .expect("development IdP");
-    let config_text = edit(proxy_env::config_text(idp.issuer(), dev_idp_fields, extra));
-    let config = Config::parse(&config_text)
-        .unwrap_or_else(|e| panic!("test config refused: {e}\n{config_text}"));
-    let running = server::start(config)
-        .await
-        .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
-    ProxyEnv {
-        idp,
-        running: Some(running),
-        config_text,
-    }
+    ProxyEnv::launch(opts, |issuer| {
+        edit(proxy_env::config_text(issuer, dev_idp_fields, extra))
+    })
+    .await
 }
 
 fn dev_options(default_sub: &str) -> DevIdpOptions {
@@ -97,14 +85,6 @@ fn mongosh_uri(env: &ProxyEnv) -> String {
         env.addr().port(),
         env.ca().display()
     )
-}
-
-fn names(list: &Value, field: &str) -> Vec<String> {
-    list.as_array()
-        .unwrap_or_else(|| panic!("not a list: {list}"))
-        .iter()
-        .map(|v| v[field].as_str().unwrap_or_default().to_string())
-        .collect()
 }
 
 /// Asserts mongosh signed in as `user` with `roles` and could write.

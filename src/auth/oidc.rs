@@ -350,32 +350,23 @@ pub fn step_reply(
     done: bool,
     encoding: PayloadEncoding,
 ) -> RawDocumentBuf {
-    let mut doc = rawdoc! { "conversationId": CONVERSATION_ID, "done": done };
-    append_payload(
-        &mut doc,
-        outcome_payload
-            .map(RawDocument::as_bytes)
-            .unwrap_or_default(),
-        encoding,
-    );
+    let mut doc = speculative_reply(outcome_payload, done, encoding);
     doc.append(bson::raw::cstr!("ok"), 1.0);
     doc
 }
 
-/// The `speculativeAuthenticate` section of a hello reply (no `ok` field).
+/// The `speculativeAuthenticate` section of a hello reply: a step reply
+/// without `ok`.
 pub fn speculative_reply(
     outcome_payload: Option<&RawDocument>,
     done: bool,
     encoding: PayloadEncoding,
 ) -> RawDocumentBuf {
     let mut doc = rawdoc! { "conversationId": CONVERSATION_ID, "done": done };
-    append_payload(
-        &mut doc,
-        outcome_payload
-            .map(RawDocument::as_bytes)
-            .unwrap_or_default(),
-        encoding,
-    );
+    let bytes = outcome_payload
+        .map(RawDocument::as_bytes)
+        .unwrap_or_default();
+    append_payload(&mut doc, bytes, encoding);
     doc
 }
 

@@ -449,6 +449,16 @@ fn http_client() -> reqwest::Client {
 }
 
 /// Decodes a JWT's claims without verifying it (for assertions).
+/// The `field` of every object in a JSON list (user or role names from
+/// `connectionStatus`).
+pub fn names(list: &Value, field: &str) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|v| v[field].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 pub fn jwt_claims(jwt: &str) -> Value {
     use base64::Engine;
     let part = jwt

@@ -82,6 +82,15 @@ pub fn shared_files() -> &'static Path {
     .path()
 }
 
+/// The development IdP the default test config trusts.
+pub fn dev_idp_options() -> DevIdpOptions {
+    DevIdpOptions {
+        audience: AUDIENCE.into(),
+        client_id: "test-client".into(),
+        ..DevIdpOptions::default()
+    }
+}
+
 pub struct ProxyEnv {
     pub idp: DevIdp,
     pub running: Option<Running>,
@@ -134,18 +143,20 @@ impl ProxyEnv {
     /// Like [`ProxyEnv::start_custom`] in front of another backend, which
     /// must have the [`WRITER`] and [`READER`] users.
     pub async fn start_full(backend: &str, dev_idp_fields: &str, extra: &str) -> ProxyEnv {
-        let idp = DevIdp::start(
-            "127.0.0.1:0".parse().expect("addr"),
-            DevIdpOptions {
-                audience: AUDIENCE.into(),
-                client_id: "test-client".into(),
-                ..DevIdpOptions::default()
-            },
-        )
+        ProxyEnv::launch(dev_idp_options(), |issuer| {
+            config_text(issuer, dev_idp_fields, extra)
+                .replace(&toml_str(backend_uri()), &toml_str(backend))
+        })
         .await
-        .expect("development IdP");
-        let config_text = config_text(idp.issuer(), dev_idp_fields, extra)
-            .replace(&toml_str(backend_uri()), &toml_str(backend));
+    }
+
+    /// The general form: a development IdP started with `opts`, and the
+    /// config text `make` writes for its issuer.
+    pub async fn launch(opts: DevIdpOptions, make: impl FnOnce(&str) -> String) -> ProxyEnv {
+        let idp = DevIdp::start("127.0.0.1:0".parse().expect("addr"), opts)
+            .await
+            .expect("development IdP");
+        let config_text = make(idp.issuer());
         let config = Config::parse(&config_text)
             .unwrap_or_else(|e| panic!("test config refused: {e}\n{config_text}"));
         let running = server::start(config)
