@@ -19,6 +19,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo test --all-targets"
+step "cargo test (unit, integration and client end-to-end tests)"
 # Client end-to-end tests start real servers; two at a time suits 2-core CI.
-cargo test --all-targets -- --test-threads=2
+cargo test --lib --bins --tests -- --test-threads=2
+
+step "benchmarks, each run once as a smoke test"
+cargo test --bench jwt --bench wire --bench e2e
