@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, TryStreamExt};
 use mongodb::bson::{doc, Document};
-use mongodb::options::{oidc, AuthMechanism, ClientOptions, Credential, Tls, TlsOptions};
+use mongodb::options::{oidc, AuthMechanism, ClientOptions, Tls, TlsOptions};
 use mongodb::Client;
 use support::proxy_env::ProxyEnv;
 
