@@ -153,11 +153,11 @@ async fn plaintext_scram_server_info_and_errors() {
     .expect("valid uri");
 
     let info = admin.server_info().await.expect("server_info");
-    assert!(info.max_wire_version >= 6, "{info:?}");
-    assert_eq!(info.max_message_size_bytes, 48_000_000);
-    assert_eq!(info.max_bson_object_size, 16_777_216);
-    assert_eq!(info.max_write_batch_size, 100_000);
-    assert_eq!(info.logical_session_timeout_minutes, Some(30));
+    assert!(info.limits.max_wire_version >= 6, "{info:?}");
+    assert_eq!(info.limits.max_message_size_bytes, 48_000_000);
+    assert_eq!(info.limits.max_bson_object_size, 16_777_216);
+    assert_eq!(info.limits.max_write_batch_size, 100_000);
+    assert_eq!(info.limits.logical_session_timeout_minutes, Some(30));
     assert!(info.is_replica_set);
     assert!(
         info.build_info.get_str("version").is_ok(),
@@ -317,7 +317,7 @@ async fn tls_with_a_private_ca() {
     );
     let b = Backend::new(&config(uri, "admin")).expect("uri");
     let info = b.server_info().await.expect("server_info over TLS");
-    assert_eq!(info.max_message_size_bytes, 48_000_000);
+    assert_eq!(info.limits.max_message_size_bytes, 48_000_000);
     let mut conn = b
         .connect_as("dba", "dba-pw")
         .await

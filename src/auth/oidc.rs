@@ -245,7 +245,8 @@ fn read_sasl_fields<'a>(
                     Some(read_payload(value).ok_or_else(|| type_error("binData or string"))?)
             }
             "conversationId" => {
-                fields.conversation_id = Some(read_integer(value).ok_or_else(|| type_error("int"))?)
+                fields.conversation_id =
+                    Some(crate::wire::bson_integer(value).ok_or_else(|| type_error("int"))?)
             }
             _ => {}
         }
@@ -331,15 +332,6 @@ fn read_payload(value: RawBsonRef<'_>) -> Option<SaslPayload<'_>> {
                 encoding: PayloadEncoding::Base64,
             })
         }
-        _ => None,
-    }
-}
-
-fn read_integer(value: RawBsonRef<'_>) -> Option<i64> {
-    match value {
-        RawBsonRef::Int32(v) => Some(v.into()),
-        RawBsonRef::Int64(v) => Some(v),
-        RawBsonRef::Double(v) if v.fract() == 0.0 && v.abs() < 1e15 => Some(v as i64),
         _ => None,
     }
 }

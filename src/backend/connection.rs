@@ -500,12 +500,13 @@ pub(crate) fn check_ok(addr: &str, command: &str, reply: &RawDocument) -> Result
     if ok {
         return Ok(());
     }
-    let code = match reply.get("code") {
-        Ok(Some(RawBsonRef::Int32(n))) => n,
-        Ok(Some(RawBsonRef::Int64(n))) => i32::try_from(n).unwrap_or(-1),
-        Ok(Some(RawBsonRef::Double(d))) if d.fract() == 0.0 && d.abs() < 1e9 => d as i32,
-        _ => -1,
-    };
+    let code = reply
+        .get("code")
+        .ok()
+        .flatten()
+        .and_then(wire::bson_integer)
+        .and_then(|n| i32::try_from(n).ok())
+        .unwrap_or(-1);
     let text = |key: &str| match reply.get_str(key) {
         // Bounded: the message ends up in logs and error replies.
         Ok(s) => s.chars().take(500).collect(),

@@ -9,15 +9,22 @@ pub const MIN_SUPPORTED_WIRE_VERSION: i32 = 6;
 /// A ceiling on `maxMessageSizeBytes` we are willing to buffer (mongod uses 48 MB).
 pub const MAX_ACCEPTED_MESSAGE_SIZE: i32 = 128 * 1024 * 1024;
 
-/// Limits and identity of the backend, as reported to the proxy's clients.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServerInfo {
+/// The backend's wire versions and size limits, as its `hello` reports them
+/// and the proxy's own `hello` passes them on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
     pub max_wire_version: i32,
     pub min_wire_version: i32,
     pub max_bson_object_size: i32,
     pub max_message_size_bytes: i32,
     pub max_write_batch_size: i32,
     pub logical_session_timeout_minutes: Option<i32>,
+}
+
+/// Limits and identity of the backend, as reported to the proxy's clients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerInfo {
+    pub limits: Limits,
     pub build_info: RawDocumentBuf,
     pub is_replica_set: bool,
 }
@@ -30,21 +37,14 @@ pub struct Hello {
     pub set_name: Option<String>,
     /// The `primary` field: `host:port` of the primary as this member sees it.
     pub primary: Option<String>,
-    pub max_wire_version: i32,
-    pub min_wire_version: i32,
-    pub max_bson_object_size: i32,
-    pub max_message_size_bytes: i32,
-    pub max_write_batch_size: i32,
-    pub logical_session_timeout_minutes: Option<i32>,
+    pub limits: Limits,
 }
 
 fn int(doc: &RawDocument, key: &str) -> Option<i64> {
-    match doc.get(key) {
-        Ok(Some(RawBsonRef::Int32(n))) => Some(n.into()),
-        Ok(Some(RawBsonRef::Int64(n))) => Some(n),
-        Ok(Some(RawBsonRef::Double(d))) if d.fract() == 0.0 && d.abs() < 1e15 => Some(d as i64),
-        _ => None,
-    }
+    doc.get(key)
+        .ok()
+        .flatten()
+        .and_then(crate::wire::bson_integer)
 }
 
 fn flag(doc: &RawDocument, key: &str) -> bool {
@@ -110,12 +110,14 @@ impl Hello {
             secondary: flag(doc, "secondary"),
             set_name: doc.get_str("setName").ok().map(str::to_string),
             primary: doc.get_str("primary").ok().map(str::to_string),
-            max_wire_version,
-            min_wire_version,
-            max_bson_object_size,
-            max_message_size_bytes,
-            max_write_batch_size,
-            logical_session_timeout_minutes,
+            limits: Limits {
+                max_wire_version,
+                min_wire_version,
+                max_bson_object_size,
+                max_message_size_bytes,
+                max_write_batch_size,
+                logical_session_timeout_minutes,
+            },
         })
     }
 
@@ -137,12 +139,7 @@ impl Hello {
 
     pub fn into_server_info(self, build_info: RawDocumentBuf) -> ServerInfo {
         ServerInfo {
-            max_wire_version: self.max_wire_version,
-            min_wire_version: self.min_wire_version,
-            max_bson_object_size: self.max_bson_object_size,
-            max_message_size_bytes: self.max_message_size_bytes,
-            max_write_batch_size: self.max_write_batch_size,
-            logical_session_timeout_minutes: self.logical_session_timeout_minutes,
+            limits: self.limits,
             build_info,
             is_replica_set: self.set_name.is_some(),
         }
@@ -184,9 +181,9 @@ mod tests {
             "writable primary of replica set 'secantus', primary 127.0.0.1:27100"
         );
         let info = h.into_server_info(rawdoc! { "version": "8.2.11" });
-        assert_eq!(info.max_wire_version, 27);
-        assert_eq!(info.max_message_size_bytes, 48_000_000);
-        assert_eq!(info.logical_session_timeout_minutes, Some(30));
+        assert_eq!(info.limits.max_wire_version, 27);
+        assert_eq!(info.limits.max_message_size_bytes, 48_000_000);
+        assert_eq!(info.limits.logical_session_timeout_minutes, Some(30));
         assert!(info.is_replica_set);
     }
 

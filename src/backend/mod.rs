@@ -28,7 +28,7 @@ use crate::config::BackendConfig;
 use crate::wire::WireError;
 
 pub use connection::{BackendConnection, BackendStream, ForwardError, ForwardedReply};
-pub use info::{Hello, ServerInfo};
+pub use info::{Hello, Limits, ServerInfo};
 pub use scram::{SaltedPasswordCache, ScramError};
 pub use uri::{BackendSettings, HostPort, TlsOptions, UriError};
 
@@ -411,7 +411,7 @@ impl Backend {
         .map_err(|_| BackendError::HandshakeTimeout { addr, ms })??;
         tracing::info!(
             primary = %HostPort(&primary.0, primary.1),
-            max_wire_version = hello.max_wire_version,
+            max_wire_version = hello.limits.max_wire_version,
             version = build_info.get_str("version").unwrap_or("?"),
             "backend discovered"
         );
@@ -433,7 +433,7 @@ async fn hello(conn: &mut BackendConnection) -> Result<Hello, BackendError> {
         other => other?,
     };
     let hello = Hello::parse(conn.addr(), &reply)?;
-    conn.set_max_message_size(hello.max_message_size_bytes as usize);
+    conn.set_max_message_size(hello.limits.max_message_size_bytes as usize);
     Ok(hello)
 }
 
@@ -590,7 +590,7 @@ mod tests {
         .unwrap();
         let info = b.server_info().await.unwrap();
         assert!(info.is_replica_set);
-        assert_eq!(info.max_wire_version, 21);
+        assert_eq!(info.limits.max_wire_version, 21);
         assert_eq!(info.build_info.get_str("version").unwrap(), "7.0.0");
         assert_eq!(b.primary().await.unwrap(), format!("127.0.0.1:{b_port}"));
     }

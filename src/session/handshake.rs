@@ -82,7 +82,7 @@ pub fn hello_reply(
     speculative: Option<RawDocumentBuf>,
 ) -> RawDocumentBuf {
     let max_message =
-        (info.max_message_size_bytes.max(0) as usize).min(proxy.max_message_size) as i32;
+        (info.limits.max_message_size_bytes.max(0) as usize).min(proxy.max_message_size) as i32;
     let mut doc = RawDocumentBuf::new();
     if req.hello_ok {
         doc.append(cstr!("helloOk"), true);
@@ -96,16 +96,16 @@ pub fn hello_reply(
         true,
     );
     doc.append(cstr!("msg"), "isdbgrid");
-    doc.append(cstr!("maxBsonObjectSize"), info.max_bson_object_size);
+    doc.append(cstr!("maxBsonObjectSize"), info.limits.max_bson_object_size);
     doc.append(cstr!("maxMessageSizeBytes"), max_message);
-    doc.append(cstr!("maxWriteBatchSize"), info.max_write_batch_size);
+    doc.append(cstr!("maxWriteBatchSize"), info.limits.max_write_batch_size);
     doc.append(cstr!("localTime"), bson::DateTime::now());
-    if let Some(minutes) = info.logical_session_timeout_minutes {
+    if let Some(minutes) = info.limits.logical_session_timeout_minutes {
         doc.append(cstr!("logicalSessionTimeoutMinutes"), minutes);
     }
     doc.append(cstr!("connectionId"), connection_id);
-    doc.append(cstr!("minWireVersion"), info.min_wire_version);
-    doc.append(cstr!("maxWireVersion"), info.max_wire_version);
+    doc.append(cstr!("minWireVersion"), info.limits.min_wire_version);
+    doc.append(cstr!("maxWireVersion"), info.limits.max_wire_version);
     doc.append(cstr!("readOnly"), false);
     if req.load_balanced {
         doc.append(cstr!("serviceId"), proxy.service_id);

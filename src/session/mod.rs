@@ -268,9 +268,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .await;
             }
         };
-        let db = msg.body.get_str("$db").unwrap_or("admin");
         let answer = self
-            .dispatch(name, db, msg.body, frame, msg.flags.more_to_come())
+            .dispatch(name, msg.body, frame, msg.flags.more_to_come())
             .await?;
         match answer {
             Some(doc) if !msg.flags.more_to_come() => self.reply(frame, ReplyKind::Msg, &doc).await,
@@ -328,7 +327,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn dispatch(
         &mut self,
         name: &str,
-        db: &str,
         body: &RawDocument,
         frame: &Frame,
         more_to_come: bool,
@@ -342,7 +340,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ));
         }
         let local = match name {
-            "saslStart" => Some(self.sasl_start(body, db).await),
+            "saslStart" => {
+                let db = body.get_str("$db").unwrap_or("admin");
+                Some(self.sasl_start(body, db).await)
+            }
             "saslContinue" => Some(self.sasl_continue(body).await),
             "ping" => Some(Ok(commands::ok())),
             "buildInfo" | "buildinfo" => Some(self.build_info().await),

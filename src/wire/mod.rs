@@ -76,6 +76,18 @@ impl WireError {
     }
 }
 
+/// A BSON number as an integer, the way drivers and servers write counts and
+/// codes: int32, int64, or a double with no fractional part.
+pub fn bson_integer(value: bson::raw::RawBsonRef<'_>) -> Option<i64> {
+    use bson::raw::RawBsonRef;
+    match value {
+        RawBsonRef::Int32(v) => Some(v.into()),
+        RawBsonRef::Int64(v) => Some(v),
+        RawBsonRef::Double(v) if v.fract() == 0.0 && v.abs() < 1e15 => Some(v as i64),
+        _ => None,
+    }
+}
+
 /// A bounds-checked little-endian reader over a borrowed slice.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reader<'a> {
