@@ -9,13 +9,16 @@ pub struct MongoError {
     pub code: i32,
     pub code_name: &'static str,
     pub errmsg: String,
+    /// `errorLabels`, e.g. `RetryableWriteError`, which tells 4.4+ drivers a
+    /// write may be retried.
+    pub labels: &'static [&'static str],
 }
 
 macro_rules! codes {
     ($($fn:ident => $code:literal, $name:literal;)*) => {
         impl MongoError {
             $(pub fn $fn(errmsg: impl Into<String>) -> MongoError {
-                MongoError { code: $code, code_name: $name, errmsg: errmsg.into() }
+                MongoError { code: $code, code_name: $name, errmsg: errmsg.into(), labels: &[] }
             })*
         }
     };
@@ -37,7 +40,12 @@ codes! {
     idl_duplicate_field => 40413, "IDLDuplicateField";
     idl_failed_to_parse => 40414, "IDLFailedToParse";
     interrupted_at_shutdown => 11600, "InterruptedAtShutdown";
+    shutdown_in_progress => 91, "ShutdownInProgress";
+    type_mismatch => 14, "TypeMismatch";
 }
+
+/// The label drivers look for before retrying a write (server 4.4+).
+pub const RETRYABLE_WRITE_ERROR: &str = "RetryableWriteError";
 
 impl MongoError {
     /// What every token or payload failure looks like to the client: no reason given.
@@ -50,15 +58,77 @@ impl MongoError {
             code,
             code_name,
             errmsg: errmsg.into(),
+            labels: &[],
         }
     }
 
+    /// Shutdown, state-change and network-class errors the proxy sends
+    /// itself; mongod and mongos label them retryable on retryable writes.
+    pub fn is_retryable_class(&self) -> bool {
+        matches!(self.code, 6 | 7 | 89 | 91 | 189 | 11600 | 11602 | 10107 | 13435 | 13436)
+    }
+
+    /// Adds `RetryableWriteError` when `retryable_write` and the code is of
+    /// the retryable class; otherwise returns the error unchanged.
+    pub fn labelled_for(mut self, retryable_write: bool) -> MongoError {
+        if retryable_write && self.is_retryable_class() {
+            self.labels = &[RETRYABLE_WRITE_ERROR];
+        }
+        self
+    }
+
     pub fn to_document(&self) -> RawDocumentBuf {
-        rawdoc! {
+        let mut doc = rawdoc! {
             "ok": 0.0,
             "errmsg": self.errmsg.as_str(),
             "code": self.code,
             "codeName": self.code_name,
+        };
+        if !self.labels.is_empty() {
+            let mut labels = bson::RawArrayBuf::new();
+            for l in self.labels {
+                labels.push(*l);
+            }
+            doc.append(bson::raw::cstr!("errorLabels"), labels);
         }
+        doc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_label_only_on_retryable_writes_and_codes() {
+        let e = MongoError::shutdown_in_progress("quiesce").labelled_for(true);
+        let doc = e.to_document();
+        let labels: Vec<&str> = doc
+            .get_array("errorLabels")
+            .unwrap()
+            .into_iter()
+            .map(|v| v.unwrap().as_str().unwrap())
+            .collect();
+        assert_eq!(labels, ["RetryableWriteError"]);
+        assert!(MongoError::shutdown_in_progress("q")
+            .labelled_for(false)
+            .to_document()
+            .get("errorLabels")
+            .unwrap()
+            .is_none());
+        assert!(MongoError::unauthorized("no")
+            .labelled_for(true)
+            .labels
+            .is_empty());
+        assert_eq!(
+            MongoError::interrupted_at_shutdown("x")
+                .labelled_for(true)
+                .labels,
+            ["RetryableWriteError"]
+        );
+        assert_eq!(
+            MongoError::host_unreachable("x").labelled_for(true).labels,
+            ["RetryableWriteError"]
+        );
     }
 }

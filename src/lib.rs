@@ -36,3 +36,4 @@ pub mod server;
 pub mod session;
 pub mod tls;
 pub mod wire;
+pub mod runtime;

@@ -88,7 +88,7 @@ fn main() -> ExitCode {
                 format_override.unwrap_or_default(),
                 cli.log_level.as_deref(),
             );
-            block_on(async move { mongo_oidc_proxy::demo::run(args).await })
+            block_on(async move { mongo_oidc_proxy::demo::run(args).await.map_err(Failure::Other) })
         }
         None => {
             let Some(path) = cli.config else {
@@ -107,19 +107,33 @@ fn main() -> ExitCode {
                 cli.log_level.as_deref().or(config.log.level.as_deref()),
             );
             block_on(async move {
-                match mongo_oidc_proxy::server::start(config).await {
-                    Ok(running) => {
-                        running.run_until_signal().await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
+                let running = mongo_oidc_proxy::server::start_from_file(config, &path)
+                    .await
+                    .map_err(|e| Failure::new(&e, &path))?;
+                running.run_until_signal().await;
+                Ok(())
             })
         }
     }
 }
 
-fn block_on(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+/// Why the proxy did not run: a refused config exits 2, as `check` does.
+enum Failure {
+    Config(String),
+    Other(String),
+}
+
+impl Failure {
+    fn new(e: &mongo_oidc_proxy::server::StartError, path: &std::path::Path) -> Failure {
+        let text = format!("{}: {e}", path.display());
+        match e {
+            mongo_oidc_proxy::server::StartError::Config(_) => Failure::Config(text),
+            _ => Failure::Other(text),
+        }
+    }
+}
+
+fn block_on(fut: impl std::future::Future<Output = Result<(), Failure>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,7 +146,11 @@ fn block_on(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitC
     };
     match runtime.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Config(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
@@ -158,17 +176,13 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Everything start-up would refuse, short of binding ports and reaching
-/// the network: the config's fields, the grants' secrets, the TLS files.
+/// Exactly what start-up refuses, short of binding ports and reaching the
+/// network: the config is built into a runtime the same way.
 fn checked(path: &std::path::Path) -> Result<Config, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    mongo_oidc_proxy::authz::Grants::from_config(
-        &config.grant,
-        mongo_oidc_proxy::authz::Secrets::Resolve,
-    )
-    .map_err(|e| e.to_string())?;
-    mongo_oidc_proxy::tls::server_config(&config.listen).map_err(|e| e.to_string())?;
-    Ok(config)
+    let runtime =
+        mongo_oidc_proxy::runtime::Runtime::build(config, None).map_err(|e| e.to_string())?;
+    Ok(runtime.config)
 }
 
 fn dev_certs(out: &std::path::Path, hosts: &[String]) -> ExitCode {

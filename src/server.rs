@@ -1,35 +1,33 @@
-//! The listener: accepts TCP, enforces the connection limit, completes TLS
-//! within a deadline, and runs one [`Session`] per client. Also wires the
-//! configuration into live parts ([`start`]) and stops them ([`Running`]).
+//! The process: builds the [`Runtime`] from the config, listens, accepts TCP
+//! within the connection limit, completes TLS within a deadline, runs one
+//! [`Session`] per client, and handles the signals: SIGHUP reloads, SIGTERM
+//! and SIGINT drain, SIGUSR1, SIGUSR2 and SIGALRM are logged and ignored.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn, Instrument};
 
-use crate::auth::IdpRegistry;
-use crate::authz::{Grants, Secrets};
-use crate::backend::Backend;
 use crate::config::{Config, ConfigError};
-use crate::metrics::{self, Metrics};
-use crate::session::{Context, Session};
+use crate::metrics::{self, Metrics, MetricsSink};
+use crate::runtime::{Runtime, Shared, Stage};
+use crate::session::events::{LogSink, Sinks};
+use crate::session::Session;
 
-/// How long open sessions get to finish after shutdown is requested.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// After the drain period, how long interrupted sessions get to say so.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Refused config: the same words `check` prints (exit code 2).
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("{0}")]
-    Tls(#[from] crate::tls::TlsError),
-    #[error("backend.uri: {0}")]
-    Backend(String),
     #[error("listen.address: cannot listen on {addr}: {detail}")]
     Listen { addr: SocketAddr, detail: String },
     #[error("metrics.address: cannot listen on {addr}: {detail}")]
@@ -41,60 +39,108 @@ pub struct Running {
     pub local_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
-    shutdown: watch::Sender<bool>,
+    shared: Arc<Shared>,
+    stage: watch::Sender<Stage>,
     task: tokio::task::JoinHandle<()>,
+    /// The file reloads re-read; `None` when started from parsed text.
+    config_path: Option<PathBuf>,
+    reloading: Mutex<()>,
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub changes: String,
 }
 
 impl Running {
-    /// Stops accepting, lets sessions finish for a grace period, then stops.
+    /// Stops at once: no drain period (tests, and a second SIGTERM).
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.stage.send(Stage::Closing);
         let _ = self.task.await;
     }
 
-    /// Runs until SIGINT or SIGTERM, then shuts down.
-    pub async fn run_until_signal(self) {
-        wait_for_signal().await;
-        info!("shutdown requested; no new connections are accepted");
-        self.shutdown().await;
-    }
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
+    /// mongos's quiesce mode: stop accepting, answer hello with
+    /// ShutdownInProgress, keep serving open connections for the drain
+    /// period, then interrupt what still runs and close everything.
+    pub async fn drain(self) {
+        let drain = self.shared.runtime.load().drain;
+        info!(drain_secs = drain.as_secs(), "draining: no new connections; hello answers ShutdownInProgress (91)");
+        self.metrics.set_ready(false);
+        let _ = self.stage.send(Stage::Draining);
+        let mut task = self.task;
+        if tokio::time::timeout(drain, &mut task).await.is_err() {
+            info!("drain period over; interrupting what still runs (11600) and closing");
+            let _ = self.stage.send(Stage::Closing);
+            let _ = task.await;
         }
+        info!("stopped");
     }
-    let _ = tokio::signal::ctrl_c().await;
+
+    /// Runs until SIGTERM or SIGINT, reloading on SIGHUP; then drains.
+    pub async fn run_until_signal(self) {
+        Signals::wait_for_termination(&self).await;
+        self.drain().await;
+    }
+
+    /// Re-reads the config file and swaps it in, or keeps the running one
+    /// and says why not.
+    pub async fn reload(&self) -> Result<Reloaded, ConfigError> {
+        let Some(path) = self.config_path.clone() else {
+            return Err(ConfigError::new(
+                "config",
+                "the proxy was started without a config file; nothing to reload",
+            ));
+        };
+        let result = match Config::load(&path) {
+            Ok(config) => self.reload_with(config).await,
+            Err(e) => Err(e),
+        };
+        self.metrics.count_reload(result.is_ok());
+        match &result {
+            Ok(r) => info!(config = %path.display(), changes = %r.changes, "configuration reloaded"),
+            Err(e) => warn!(config = %path.display(), error = %e, "configuration reload refused; the running configuration keeps serving"),
+        }
+        result
+    }
+
+    /// Validates `config` through the runtime builder and swaps it in whole.
+    pub async fn reload_with(&self, config: Config) -> Result<Reloaded, ConfigError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let current = self.shared.runtime.load_full();
+        current.check_reloadable(&config)?;
+        let next = Runtime::build(config, Some(&current))?;
+        // New identity providers' keys load before any session can use them.
+        next.registry.load_all().await;
+        let changes = current.changes(&next);
+        self.shared.runtime.store(Arc::new(next));
+        Ok(Reloaded { changes })
+    }
 }
 
-/// Builds every part from a validated config and starts listening.
-pub async fn start(config: Config) -> Result<Running, StartError> {
-    let tls = TlsAcceptor::from(crate::tls::server_config(&config.listen)?);
-    let grants = Arc::new(Grants::from_config(&config.grant, Secrets::Resolve)?);
-    let registry = Arc::new(IdpRegistry::new(&config.identity_provider)?);
-    let backend =
-        Arc::new(Backend::new(&config.backend).map_err(|e| StartError::Backend(e.to_string()))?);
-    let metrics = Arc::new(Metrics::new());
+/// Starts with a config loaded from `path`, which reloads re-read.
+pub async fn start_from_file(config: Config, path: &Path) -> Result<Running, StartError> {
+    let mut running = start(config).await?;
+    running.config_path = Some(path.to_path_buf());
+    Ok(running)
+}
 
-    let listener = TcpListener::bind(config.listen.address)
+/// Builds every part from a config and starts listening.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let runtime = Runtime::build(config, None)?;
+    let metrics = Arc::new(Metrics::new());
+    let listen = runtime.config.listen.address;
+    let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| StartError::Listen {
-            addr: config.listen.address,
+            addr: listen,
             detail: e.to_string(),
         })?;
     let local_addr = listener.local_addr().map_err(|e| StartError::Listen {
-        addr: config.listen.address,
+        addr: listen,
         detail: e.to_string(),
     })?;
-    let metrics_addr = match &config.metrics {
+    let metrics_addr = match &runtime.config.metrics {
         Some(m) => {
             let (addr, _task) = metrics::serve(m.address, metrics.clone())
                 .await
@@ -106,45 +152,33 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         None => None,
     };
-
-    registry.load_all().await;
-    spawn_readiness_probe(backend.clone(), metrics.clone());
-
-    let ctx = Arc::new(Context::new(
-        registry,
-        grants,
-        backend,
-        metrics.clone(),
-        config.limits.max_message_size,
-        Duration::from_secs(config.limits.auth_timeout_secs),
-    ));
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let limits = Arc::new(Semaphore::new(config.limits.max_connections));
-    let handshake_timeout = Duration::from_secs(config.limits.auth_timeout_secs);
-    let task = tokio::spawn(accept_loop(
-        listener,
-        tls,
-        ctx,
-        limits,
-        handshake_timeout,
-        shutdown_rx,
-    ));
+    runtime.registry.load_all().await;
+    metrics.stamp_config_loaded();
+    let (stage, stage_rx) = watch::channel(Stage::Serving);
+    let sinks = Sinks::new(vec![Arc::new(MetricsSink(metrics.clone())), Arc::new(LogSink)]);
+    let shared = Arc::new(Shared::new(runtime, sinks, stage_rx));
+    spawn_readiness_probe(shared.clone(), metrics.clone());
+    let task = tokio::spawn(accept_loop(listener, shared.clone(), metrics.clone()));
     info!(address = %local_addr, metrics = ?metrics_addr, "mongo-oidc-proxy listening");
     Ok(Running {
         local_addr,
         metrics_addr,
         metrics,
-        shutdown,
+        shared,
+        stage,
         task,
+        config_path: None,
+        reloading: Mutex::new(()),
     })
 }
 
 /// Drivers cannot connect until the backend answers a probe; keep trying in
 /// the background so `/readyz` reflects it.
-fn spawn_readiness_probe(backend: Arc<Backend>, metrics: Arc<Metrics>) {
+fn spawn_readiness_probe(shared: Arc<Shared>, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(200);
         loop {
+            let backend = shared.runtime.load().backend.clone();
             match backend.server_info().await {
                 Ok(_) => {
                     metrics.set_ready(true);
@@ -161,18 +195,37 @@ fn spawn_readiness_probe(backend: Arc<Backend>, metrics: Arc<Metrics>) {
     });
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    tls: TlsAcceptor,
-    ctx: Arc<Context>,
-    limits: Arc<Semaphore>,
-    handshake_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Counts open connections against the runtime's `max_connections`.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        let mut now = open.load(Ordering::Relaxed);
+        loop {
+            if now >= max {
+                return None;
+            }
+            match open.compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(Slot(open.clone())),
+                Err(actual) => now = actual,
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Metrics>) {
     let mut sessions = JoinSet::new();
+    let mut stage = shared.stage.clone();
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = reached(&mut stage, |s| *s != Stage::Serving) => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {
@@ -184,75 +237,120 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                ctx.metrics.connections_accepted.inc();
-                let Ok(permit) = limits.clone().try_acquire_owned() else {
-                    ctx.metrics.connections_rejected.with_label_values(&["connection_limit"]).inc();
+                metrics.connections_accepted.inc();
+                let rt = shared.runtime.load_full();
+                let Some(slot) = Slot::take(&open, rt.limits.max_connections) else {
+                    metrics.connections_rejected.with_label_values(&["connection_limit"]).inc();
                     warn!(%peer, "connection limit reached; refusing connection");
                     continue;
                 };
-                let ctx = ctx.clone();
-                let tls = tls.clone();
+                let (shared, metrics) = (shared.clone(), metrics.clone());
                 sessions.spawn(async move {
-                    serve_connection(tcp, peer, tls, ctx, handshake_timeout).await;
-                    drop(permit);
+                    serve_connection(tcp, peer, rt, shared, metrics).await;
+                    drop(slot);
                 });
             }
         }
     }
+    // Dropping the listener refuses new connections at once.
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while sessions.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        warn!(
-            open = sessions.len(),
-            "closing sessions still open after the shutdown grace period"
-        );
+    // Draining: sessions end as their clients leave, or at the close.
+    let all_ended = async { while sessions.join_next().await.is_some() {} };
+    tokio::select! {
+        _ = all_ended => return,
+        _ = reached(&mut stage, |s| *s == Stage::Closing) => {}
+    }
+    let all_ended = async { while sessions.join_next().await.is_some() {} };
+    if tokio::time::timeout(CLOSE_GRACE, all_ended).await.is_err() {
+        warn!(open = sessions.len(), "closing sessions that did not end after the drain");
         sessions.abort_all();
     }
+}
+
+/// Resolves once the stage satisfies `want` (or nobody can change it).
+async fn reached(stage: &mut watch::Receiver<Stage>, want: impl FnMut(&Stage) -> bool) {
+    let _ = stage.wait_for(want).await.is_ok();
 }
 
 async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    tls: TlsAcceptor,
-    ctx: Arc<Context>,
-    handshake_timeout: Duration,
+    rt: Arc<Runtime>,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let stream = match tokio::time::timeout(handshake_timeout, tls.accept(tcp)).await {
+    let deadline = Duration::from_secs(rt.limits.auth_timeout_secs);
+    // New handshakes use the certificate of the runtime current at accept.
+    let stream = match tokio::time::timeout(deadline, rt.tls.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            ctx.metrics
-                .connections_rejected
-                .with_label_values(&["tls_handshake"])
-                .inc();
+            metrics.connections_rejected.with_label_values(&["tls_handshake"]).inc();
             info!(%peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            ctx.metrics
-                .connections_rejected
-                .with_label_values(&["tls_timeout"])
-                .inc();
+            metrics.connections_rejected.with_label_values(&["tls_timeout"]).inc();
             info!(%peer, "TLS handshake timed out");
             return;
         }
     };
-    let session = Session::new(stream, peer, ctx.clone());
+    drop(rt);
+    let session = Session::new(stream, peer, shared);
     let span = tracing::info_span!("session", conn = session.connection_id(), %peer);
     async {
-        ctx.metrics.connections_active.inc();
-        let reason = session.run().await;
-        ctx.metrics.connections_active.dec();
-        ctx.metrics
-            .connections_closed
-            .with_label_values(&[reason.label()])
-            .inc();
-        tracing::debug!(reason = reason.label(), "session closed");
+        metrics.connections_active.inc();
+        session.run().await;
+        metrics.connections_active.dec();
     }
     .instrument(span)
     .await;
+}
+
+/// The signals the proxy handles. Registering a handler replaces the default
+/// action, which for SIGHUP, SIGUSR1, SIGUSR2 and SIGALRM is to terminate.
+struct Signals;
+
+impl Signals {
+    #[cfg(unix)]
+    async fn wait_for_termination(running: &Running) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let kinds = [
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::hangup(),
+            SignalKind::user_defined1(),
+            SignalKind::user_defined2(),
+            SignalKind::alarm(),
+        ];
+        let mut streams = Vec::new();
+        for kind in kinds {
+            match signal(kind) {
+                Ok(s) => streams.push(s),
+                Err(e) => warn!(error = %e, "cannot handle a signal"),
+            }
+        }
+        let [term, int, hup, usr1, usr2, alrm] = &mut streams[..] else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!(signal = "SIGTERM", "shutdown requested"); return; }
+                _ = int.recv() => { info!(signal = "SIGINT", "shutdown requested"); return; }
+                _ = hup.recv() => {
+                    info!(signal = "SIGHUP", "reloading the configuration");
+                    let _ = running.reload().await;
+                }
+                _ = usr1.recv() => info!(signal = "SIGUSR1", "signal received; nothing to reopen, ignored"),
+                _ = usr2.recv() => info!(signal = "SIGUSR2", "signal received and ignored"),
+                _ = alrm.recv() => info!(signal = "SIGALRM", "signal received and ignored"),
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn wait_for_termination(_running: &Running) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

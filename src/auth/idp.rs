@@ -37,6 +37,9 @@ struct Provider {
     config: IdentityProviderConfig,
     pattern: Option<Regex>,
     jwks: Arc<JwksCache>,
+    /// Hash of the whole config: a reload that keeps it keeps the provider's
+    /// sessions, one that changes it ends them (391).
+    fingerprint: u64,
 }
 
 struct CachedToken {
@@ -51,15 +54,6 @@ pub struct IdpRegistry {
     caches: Vec<Arc<JwksCache>>,
     verified: DashMap<[u8; 32], CachedToken>,
     max_token_size: usize,
-    pollers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
-}
-
-impl Drop for IdpRegistry {
-    fn drop(&mut self) {
-        if let Ok(pollers) = self.pollers.get_mut() {
-            pollers.iter().for_each(|p| p.abort());
-        }
-    }
 }
 
 fn field(i: usize, name: &str) -> String {
@@ -68,14 +62,32 @@ fn field(i: usize, name: &str) -> String {
 
 impl IdpRegistry {
     pub fn new(configs: &[IdentityProviderConfig]) -> Result<IdpRegistry, ConfigError> {
+        Self::rebuild(configs, None)
+    }
+
+    /// Builds the registry of a reloaded config: issuers whose key source,
+    /// quiesce and poll period are unchanged keep their JWKS cache (keys,
+    /// generation, poller).
+    pub fn rebuild(
+        configs: &[IdentityProviderConfig],
+        previous: Option<&IdpRegistry>,
+    ) -> Result<IdpRegistry, ConfigError> {
         let client = jwks::http_client().map_err(|m| ConfigError::new("identity_provider", m))?;
-        Self::with_client(configs, client)
+        Self::build(configs, client, previous)
     }
 
     /// As [`IdpRegistry::new`], with a caller-built HTTP client.
     pub fn with_client(
         configs: &[IdentityProviderConfig],
         client: reqwest::Client,
+    ) -> Result<IdpRegistry, ConfigError> {
+        Self::build(configs, client, None)
+    }
+
+    fn build(
+        configs: &[IdentityProviderConfig],
+        client: reqwest::Client,
+        previous: Option<&IdpRegistry>,
     ) -> Result<IdpRegistry, ConfigError> {
         let mut caches: Vec<Arc<JwksCache>> = Vec::new();
         let mut providers = Vec::with_capacity(configs.len());
@@ -86,17 +98,23 @@ impl IdpRegistry {
                 .map(Regex::new)
                 .transpose()
                 .map_err(|e| ConfigError::new(field(i, "match_pattern"), e.to_string()))?;
-            let jwks = match caches.iter().find(|j| j.issuer() == c.issuer) {
-                Some(shared) => shared.clone(),
+            let shared = caches.iter().find(|j| j.issuer() == c.issuer).cloned();
+            let jwks = match shared {
+                Some(shared) => shared,
                 None => {
-                    let cache = JwksCache::new(
-                        &c.issuer,
-                        c.jwks_uri.as_deref(),
-                        c.jwks_min_quiesce_secs,
-                        client.clone(),
-                    )
-                    .map_err(|e| ConfigError::new(field(i, "issuer"), e.to_string()))?;
-                    let cache = Arc::new(cache);
+                    let cache = match previous.and_then(|p| p.cache_for(c)) {
+                        Some(kept) => kept.clone(),
+                        None => Arc::new(
+                            JwksCache::new(
+                                &c.issuer,
+                                c.jwks_uri.as_deref(),
+                                c.jwks_min_quiesce_secs,
+                                c.jwks_poll_secs,
+                                client.clone(),
+                            )
+                            .map_err(|e| ConfigError::new(field(i, "issuer"), e.to_string()))?,
+                        ),
+                    };
                     caches.push(cache.clone());
                     cache
                 }
@@ -105,6 +123,7 @@ impl IdpRegistry {
                 config: c.clone(),
                 pattern,
                 jwks,
+                fingerprint: fingerprint(c),
             });
         }
         Ok(IdpRegistry {
@@ -112,8 +131,33 @@ impl IdpRegistry {
             caches,
             verified: DashMap::new(),
             max_token_size: jwt::DEFAULT_MAX_TOKEN_SIZE,
-            pollers: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// The cache an IdP config may keep from this registry.
+    fn cache_for(&self, c: &IdentityProviderConfig) -> Option<&Arc<JwksCache>> {
+        self.caches
+            .iter()
+            .find(|cache| cache.serves(&c.issuer, c.jwks_uri.as_deref(), c.jwks_min_quiesce_secs, c.jwks_poll_secs))
+    }
+
+    /// The fingerprint of IdP `idp`'s config.
+    pub fn fingerprint(&self, idp: usize) -> Option<u64> {
+        self.providers.get(idp).map(|p| p.fingerprint)
+    }
+
+    /// Where an IdP with this config fingerprint is now, if it still exists.
+    pub fn position_of(&self, fingerprint: u64) -> Option<usize> {
+        self.providers
+            .iter()
+            .position(|p| p.fingerprint == fingerprint)
+    }
+
+    /// The configured prefix and issuer of IdP `idp` (for logs and events).
+    pub fn describe(&self, idp: usize) -> Option<(&str, &str)> {
+        self.providers
+            .get(idp)
+            .map(|p| (p.config.auth_name_prefix.as_str(), p.config.issuer.as_str()))
     }
 
     /// Overrides the token size cap.
@@ -122,11 +166,12 @@ impl IdpRegistry {
         self
     }
 
-    /// Loads every issuer's keys concurrently; an unreachable IdP is logged
-    /// and start-up continues. Starts the periodic pollers.
+    /// Loads the keys of every issuer not loaded before, concurrently; an
+    /// unreachable IdP is logged and start-up continues. Starts the periodic
+    /// pollers.
     pub async fn load_all(&self) {
         let mut tasks = tokio::task::JoinSet::new();
-        for cache in &self.caches {
+        for cache in self.caches.iter().filter(|c| !c.attempted()) {
             let cache = cache.clone();
             tasks.spawn(async move {
                 if let Err(e) = cache.load().await {
@@ -136,25 +181,8 @@ impl IdpRegistry {
             });
         }
         while tasks.join_next().await.is_some() {}
-        self.spawn_pollers();
-    }
-
-    fn spawn_pollers(&self) {
-        let Ok(mut pollers) = self.pollers.lock() else {
-            return;
-        };
-        if !pollers.is_empty() {
-            return;
-        }
         for cache in &self.caches {
-            let secs = self
-                .providers
-                .iter()
-                .find(|p| Arc::ptr_eq(&p.jwks, cache))
-                .map_or(0, |p| p.config.jwks_poll_secs);
-            if secs > 0 {
-                pollers.push(cache.spawn_poller(std::time::Duration::from_secs(secs)));
-            }
+            cache.ensure_poller();
         }
     }
 
@@ -404,6 +432,13 @@ fn check_hint(identity: &Identity, step1: Option<Step1<'_>>) -> Result<(), AuthF
         }),
         _ => Ok(()),
     }
+}
+
+fn fingerprint(c: &IdentityProviderConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    c.hash(&mut h);
+    h.finish()
 }
 
 fn no_such_idp() -> AuthFailure {

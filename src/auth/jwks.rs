@@ -339,10 +339,20 @@ pub struct JwksCache {
     client: reqwest::Client,
     quiesce: Duration,
     max_body: usize,
+    poll: Duration,
     keys: ArcSwap<KeySet>,
     fetch: tokio::sync::Mutex<FetchState>,
     generation: AtomicU64,
     fetches: AtomicU64,
+    poller: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for JwksCache {
+    fn drop(&mut self) {
+        if let Some(p) = self.poller.get() {
+            p.abort();
+        }
+    }
 }
 
 impl JwksCache {
@@ -350,6 +360,7 @@ impl JwksCache {
         issuer: &str,
         jwks_uri: Option<&str>,
         quiesce_secs: u64,
+        poll_secs: u64,
         client: reqwest::Client,
     ) -> Result<JwksCache, JwksError> {
         let url_err = |url: &str, message| JwksError::Url {
@@ -369,12 +380,38 @@ impl JwksCache {
             source,
             client,
             quiesce: Duration::from_secs(quiesce_secs),
+            poll: Duration::from_secs(poll_secs),
             max_body: DEFAULT_MAX_BODY,
             keys: ArcSwap::from_pointee(KeySet::default()),
             fetch: tokio::sync::Mutex::new(FetchState { last_attempt: None }),
             generation: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
+            poller: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Whether a reloaded IdP config may keep this cache.
+    pub fn serves(&self, issuer: &str, jwks_uri: Option<&str>, quiesce_secs: u64, poll_secs: u64) -> bool {
+        let source = match jwks_uri {
+            Some(uri) => JwksSource::Uri(uri.to_owned()),
+            None => JwksSource::Discovery,
+        };
+        self.issuer == issuer
+            && self.source == source
+            && self.quiesce == Duration::from_secs(quiesce_secs)
+            && self.poll == Duration::from_secs(poll_secs)
+    }
+
+    /// Whether a fetch was ever attempted (a reload loads only new caches).
+    pub fn attempted(&self) -> bool {
+        self.fetch_count() > 0
+    }
+
+    /// Starts the periodic refresh, once, when a poll period is set.
+    pub fn ensure_poller(self: &Arc<Self>) {
+        if !self.poll.is_zero() {
+            self.poller.get_or_init(|| self.spawn_poller(self.poll));
+        }
     }
 
     /// Overrides the response size cap (tests, tuning).
@@ -887,7 +924,7 @@ mod tests {
             assert!(check_url(bad).is_err(), "{bad}");
         }
         assert!(matches!(
-            JwksCache::new("http://idp.example.com", None, 60, client()),
+            JwksCache::new("http://idp.example.com", None, 60, 0, client()),
             Err(JwksError::Url { .. })
         ));
         assert!(matches!(
@@ -895,6 +932,7 @@ mod tests {
                 "https://idp.example.com",
                 Some("http://idp.example.com/k"),
                 60,
+                0,
                 client()
             ),
             Err(JwksError::Url { .. })
@@ -905,7 +943,7 @@ mod tests {
     async fn discovery_then_jwks() {
         let a = rsa_key("a", Algorithm::RS256);
         let (base, state) = serve_idp(jwks_of(&[&a])).await;
-        let cache = JwksCache::new(&base, None, 60, client()).unwrap();
+        let cache = JwksCache::new(&base, None, 60, 0, client()).unwrap();
         cache.load().await.unwrap();
         assert!(cache.key_for("a").await.is_ok());
         let s = state.lock().unwrap();
@@ -921,7 +959,7 @@ mod tests {
         let (base, state) = serve_idp(jwks_of(&[&a])).await;
         let issuer = format!("{base}/");
         state.lock().unwrap().discovery_issuer = Some(issuer.clone());
-        let cache = JwksCache::new(&issuer, None, 60, client()).unwrap();
+        let cache = JwksCache::new(&issuer, None, 60, 0, client()).unwrap();
         cache.load().await.unwrap();
         assert_eq!(cache.keys().len(), 1);
     }
@@ -931,7 +969,7 @@ mod tests {
         let a = rsa_key("a", Algorithm::RS256);
         let (base, state) = serve_idp(jwks_of(&[&a])).await;
         let uri = format!("{base}/jwks");
-        let cache = JwksCache::new("https://issuer.example", Some(&uri), 60, client()).unwrap();
+        let cache = JwksCache::new("https://issuer.example", Some(&uri), 60, 0, client()).unwrap();
         cache.load().await.unwrap();
         assert_eq!(cache.keys().len(), 1);
         assert_eq!(state.lock().unwrap().discovery_hits, 0);
@@ -942,7 +980,7 @@ mod tests {
         let a = rsa_key("a", Algorithm::RS256);
         let (base, state) = serve_idp(jwks_of(&[&a])).await;
         state.lock().unwrap().discovery_issuer = Some("https://other.example".into());
-        let cache = JwksCache::new(&base, None, 60, client()).unwrap();
+        let cache = JwksCache::new(&base, None, 60, 0, client()).unwrap();
         let err = cache.load().await.unwrap_err();
         assert!(
             matches!(&err, JwksError::Discovery { message, .. }
@@ -960,7 +998,7 @@ mod tests {
             rsa_key("b", Algorithm::RS256),
         );
         let (base, state) = serve_idp(jwks_of(&[&a])).await;
-        let cache = JwksCache::new(&base, None, 0, client()).unwrap();
+        let cache = JwksCache::new(&base, None, 0, 0, client()).unwrap();
         cache.load().await.unwrap();
         let gen0 = cache.generation();
         state.lock().unwrap().jwks = jwks_of(&[&b]);
@@ -980,7 +1018,7 @@ mod tests {
     async fn unknown_kid_flood_fetches_at_most_once_per_quiesce() {
         let a = rsa_key("a", Algorithm::RS256);
         let (base, state) = serve_idp(jwks_of(&[&a])).await;
-        let cache = Arc::new(JwksCache::new(&base, None, 60, client()).unwrap());
+        let cache = Arc::new(JwksCache::new(&base, None, 60, 0, client()).unwrap());
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..100 {
             let cache = cache.clone();
@@ -1000,7 +1038,7 @@ mod tests {
     async fn fetch_failure_keeps_old_keys() {
         let a = rsa_key("a", Algorithm::RS256);
         let (base, state) = serve_idp(jwks_of(&[&a])).await;
-        let cache = JwksCache::new(&base, None, 0, client()).unwrap();
+        let cache = JwksCache::new(&base, None, 0, 0, client()).unwrap();
         cache.load().await.unwrap();
         state.lock().unwrap().jwks_status = 500;
         assert!(matches!(
@@ -1021,7 +1059,7 @@ mod tests {
     async fn body_size_is_capped() {
         let a = rsa_key("a", Algorithm::RS256);
         let (base, _state) = serve_idp(jwks_of(&[&a])).await;
-        let cache = JwksCache::new(&base, Some(&format!("{base}/jwks")), 60, client())
+        let cache = JwksCache::new(&base, Some(&format!("{base}/jwks")), 60, 0, client())
             .unwrap()
             .with_max_body(100);
         let err = cache.load().await.unwrap_err();
@@ -1066,7 +1104,7 @@ mod tests {
             rsa_key("b", Algorithm::RS256),
         );
         let (base, state) = serve_idp(jwks_of(&[&a])).await;
-        let cache = Arc::new(JwksCache::new(&base, None, 60, client()).unwrap());
+        let cache = Arc::new(JwksCache::new(&base, None, 60, 0, client()).unwrap());
         cache.load().await.unwrap();
         state.lock().unwrap().jwks = jwks_of(&[&a, &b]);
         let poller = cache.spawn_poller(Duration::from_millis(50));

@@ -57,92 +57,77 @@ pub enum ClientStep<'a> {
 /// The result of one successful SASL step.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepOutcome {
-    /// Step 1 of the human flow: the IdP document for the client, `done: false`.
-    Challenge(RawDocumentBuf),
+    /// Step 1 of the human flow: the IdP document for the client, `done:
+    /// false`, and what step 2 is checked against.
+    Challenge { reply: RawDocumentBuf, pending: Pending },
     /// The token was verified, `done: true`.
     Authenticated(Identity),
 }
 
-/// Per-connection conversation state between `saslStart` and `saslContinue`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Conversation {
-    #[default]
-    Idle,
-    AwaitingJwt {
-        idp: usize,
-        hint: Option<String>,
-    },
+/// What step 1 of the human flow chose, kept until `saslContinue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub idp: usize,
+    pub hint: Option<String>,
 }
 
-impl Conversation {
-    /// Runs `saslStart`. Any earlier conversation is abandoned, as on mongod.
-    pub async fn start(
-        &mut self,
-        registry: &IdpRegistry,
-        step: ClientStep<'_>,
-    ) -> Result<StepOutcome, AuthFailure> {
-        *self = Conversation::Idle;
-        match step {
-            ClientStep::Jwt(token) => registry
-                .verify(token, None)
-                .await
-                .map(StepOutcome::Authenticated),
-            ClientStep::Principal { hint } => {
-                let idp = registry.select_for_hint(hint)?;
-                let info = registry.info(idp).ok_or_else(|| {
-                    AuthFailure::NoIdentityProvider(format!("identity provider {idp} vanished"))
-                })?;
-                let mut doc = rawdoc! { "issuer": info.issuer };
-                if let Some(client_id) = info.client_id {
-                    doc.append(bson::raw::cstr!("clientId"), client_id);
-                }
-                if !info.request_scopes.is_empty() {
-                    let mut scopes = bson::RawArrayBuf::new();
-                    for s in info.request_scopes {
-                        scopes.push(s.as_str());
-                    }
-                    doc.append(bson::raw::cstr!("requestScopes"), scopes);
-                }
-                *self = Conversation::AwaitingJwt {
-                    idp,
-                    hint: hint.map(str::to_owned),
-                };
-                Ok(StepOutcome::Challenge(doc))
+/// Runs `saslStart` (or a speculative one): a `{jwt}` signs in at once, a
+/// `{n?}` starts the human flow.
+pub async fn start(
+    registry: &IdpRegistry,
+    step: ClientStep<'_>,
+) -> Result<StepOutcome, AuthFailure> {
+    match step {
+        ClientStep::Jwt(token) => registry
+            .verify(token, None)
+            .await
+            .map(StepOutcome::Authenticated),
+        ClientStep::Principal { hint } => {
+            let idp = registry.select_for_hint(hint)?;
+            let info = registry.info(idp).ok_or_else(|| {
+                AuthFailure::NoIdentityProvider(format!("identity provider {idp} vanished"))
+            })?;
+            let mut reply = rawdoc! { "issuer": info.issuer };
+            if let Some(client_id) = info.client_id {
+                reply.append(bson::raw::cstr!("clientId"), client_id);
             }
+            if !info.request_scopes.is_empty() {
+                let mut scopes = bson::RawArrayBuf::new();
+                for s in info.request_scopes {
+                    scopes.push(s.as_str());
+                }
+                reply.append(bson::raw::cstr!("requestScopes"), scopes);
+            }
+            let pending = Pending {
+                idp,
+                hint: hint.map(str::to_owned),
+            };
+            Ok(StepOutcome::Challenge { reply, pending })
         }
     }
+}
 
-    /// Runs `saslContinue`: only a `{jwt}` after a step-1 challenge is valid.
-    /// The conversation ends whatever the outcome.
-    pub async fn resume(
-        &mut self,
-        registry: &IdpRegistry,
-        step: ClientStep<'_>,
-    ) -> Result<StepOutcome, AuthFailure> {
-        let Conversation::AwaitingJwt { idp, hint } = std::mem::take(self) else {
-            return Err(AuthFailure::BadPayload(
-                "saslContinue without a started conversation".into(),
-            ));
-        };
-        match step {
-            ClientStep::Jwt(token) => registry
+/// Runs `saslContinue` after a step-1 challenge: only a `{jwt}` is valid.
+pub async fn resume(
+    registry: &IdpRegistry,
+    pending: &Pending,
+    step: ClientStep<'_>,
+) -> Result<Identity, AuthFailure> {
+    match step {
+        ClientStep::Jwt(token) => {
+            registry
                 .verify(
                     token,
                     Some(Step1 {
-                        idp,
-                        hint: hint.as_deref(),
+                        idp: pending.idp,
+                        hint: pending.hint.as_deref(),
                     }),
                 )
                 .await
-                .map(StepOutcome::Authenticated),
-            ClientStep::Principal { .. } => Err(AuthFailure::BadPayload(
-                "step 2 payload has no 'jwt' field".into(),
-            )),
         }
-    }
-
-    pub fn is_active(&self) -> bool {
-        matches!(self, Conversation::AwaitingJwt { .. })
+        ClientStep::Principal { .. } => Err(AuthFailure::BadPayload(
+            "step 2 payload has no 'jwt' field".into(),
+        )),
     }
 }
 
@@ -304,11 +289,8 @@ pub fn check_mechanism(mechanism: &str, db: &str) -> Result<(), MongoError> {
 }
 
 /// `saslContinue` errors that are the conversation's, not the mechanism's.
-pub fn check_continue(
-    cmd: &SaslContinue<'_>,
-    conversation: &Conversation,
-) -> Result<(), MongoError> {
-    if !conversation.is_active() {
+pub fn check_continue(cmd: &SaslContinue<'_>, active: bool) -> Result<(), MongoError> {
+    if !active {
         return Err(MongoError::protocol_error("No SASL session state found"));
     }
     if cmd.conversation_id != i64::from(CONVERSATION_ID) {
@@ -522,15 +504,14 @@ mod tests {
         let p = rawdoc! { "jwt": "t" };
         let body = rawdoc! { "saslContinue": 1, "conversationId": 1, "payload": payload(&p) };
         let cmd = parse_sasl_continue(&body).unwrap();
-        let idle = Conversation::Idle;
         assert_eq!(
-            check_continue(&cmd, &idle).unwrap_err().errmsg,
+            check_continue(&cmd, false).unwrap_err().errmsg,
             "No SASL session state found"
         );
-        let active = Conversation::AwaitingJwt { idp: 0, hint: None };
-        assert!(check_continue(&cmd, &active).is_ok());
+        let active = true;
+        assert!(check_continue(&cmd, active).is_ok());
         let other = rawdoc! { "saslContinue": 1, "conversationId": 2_i64, "payload": payload(&p) };
-        let err = check_continue(&parse_sasl_continue(&other).unwrap(), &active).unwrap_err();
+        let err = check_continue(&parse_sasl_continue(&other).unwrap(), active).unwrap_err();
         assert_eq!(
             (err.code, err.errmsg.as_str()),
             (17, "sasl: Mismatched conversation id")

@@ -51,6 +51,8 @@ pub enum Decision {
     Granted {
         grant: usize,
         backend: Arc<BackendIdentity>,
+        /// The grant's `expires`: a temporary grant ends live sessions too.
+        expires: Option<SystemTime>,
     },
     Denied,
 }
@@ -101,6 +103,7 @@ impl Grants {
             .map_or(Decision::Denied, |(grant, g)| Decision::Granted {
                 grant,
                 backend: g.backend.clone(),
+                expires: g.expires,
             })
     }
 }

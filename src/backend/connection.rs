@@ -227,10 +227,13 @@ impl BackendConnection {
 
     /// Copies the next reply to `client` as its bytes arrive, without holding
     /// the whole message: only the header is parsed (for the size limit and
-    /// the moreToCome flag of exhaust streams).
+    /// the moreToCome flag of exhaust streams). `writing` is set just before
+    /// the first byte goes to the client: from then on an interrupted reply
+    /// cannot be replaced by an error reply.
     pub async fn forward_reply<W: AsyncWrite + Unpin>(
         &mut self,
         client: &mut W,
+        writing: &mut bool,
     ) -> Result<ForwardedReply, ForwardError> {
         let header = loop {
             if let Some(head) = self.read_buf.get(..wire::HEADER_LEN) {
@@ -261,6 +264,7 @@ impl BackendConnection {
                         != 0
                 });
         let mut remaining = len;
+        *writing = true;
         loop {
             let take = self.read_buf.len().min(remaining);
             if take > 0 {
@@ -686,7 +690,7 @@ mod tests {
         let addr = serve_raw([first.clone(), last.clone()].concat()).await;
         let mut conn = connect_to(addr).await;
         let mut out = Vec::new();
-        let r = conn.forward_reply(&mut out).await.unwrap();
+        let r = conn.forward_reply(&mut out, &mut false).await.unwrap();
         assert_eq!(
             r,
             ForwardedReply {
@@ -694,7 +698,7 @@ mod tests {
                 more_to_come: true
             }
         );
-        let r = conn.forward_reply(&mut out).await.unwrap();
+        let r = conn.forward_reply(&mut out, &mut false).await.unwrap();
         assert_eq!(
             r,
             ForwardedReply {
@@ -711,7 +715,7 @@ mod tests {
         let addr = serve_raw(reply[..150_000].to_vec()).await;
         let mut conn = connect_to(addr).await;
         let mut out = Vec::new();
-        let err = conn.forward_reply(&mut out).await.unwrap_err();
+        let err = conn.forward_reply(&mut out, &mut false).await.unwrap_err();
         assert!(
             matches!(err, ForwardError::Backend(BackendError::Closed { .. })),
             "{err:?}"
@@ -720,7 +724,7 @@ mod tests {
         // Closed before any byte.
         let addr = serve_raw(Vec::new()).await;
         let mut conn = connect_to(addr).await;
-        let err = conn.forward_reply(&mut Vec::new()).await.unwrap_err();
+        let err = conn.forward_reply(&mut Vec::new(), &mut false).await.unwrap_err();
         assert!(
             matches!(err, ForwardError::Backend(BackendError::Closed { .. })),
             "{err:?}"
@@ -730,7 +734,7 @@ mod tests {
         let mut conn = connect_to(addr).await;
         conn.set_max_message_size(1000);
         let mut out = Vec::new();
-        let err = conn.forward_reply(&mut out).await.unwrap_err();
+        let err = conn.forward_reply(&mut out, &mut false).await.unwrap_err();
         assert!(
             matches!(err, ForwardError::Backend(BackendError::Wire { .. })),
             "{err:?}"

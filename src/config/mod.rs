@@ -33,6 +33,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    #[serde(default)]
     pub log: LogConfig,
 }
 
@@ -55,7 +57,7 @@ pub enum ClientCertMode {
     Required,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// `mongodb://host[:port][,host...]/[?options]`; credentials come from grants.
@@ -67,7 +69,7 @@ pub struct BackendConfig {
     pub connect_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityProviderConfig {
     pub issuer: String,
@@ -121,7 +123,7 @@ pub struct MetricsConfig {
     pub address: SocketAddr,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     #[serde(default = "default_max_message_size")]
@@ -141,6 +143,27 @@ impl Default for LimitsConfig {
             auth_timeout_secs: default_auth_timeout_secs(),
         }
     }
+}
+
+/// `[shutdown]`: the drain on SIGTERM, as mongos's quiesce mode.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds open connections are still served after SIGTERM.
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_secs: default_drain_secs(),
+        }
+    }
+}
+
+fn default_drain_secs() -> u64 {
+    15
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

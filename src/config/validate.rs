@@ -26,6 +26,7 @@ impl ConfigError {
 }
 
 const MIN_MESSAGE_SIZE: usize = 1 << 20;
+const MAX_DRAIN_SECS: u64 = 3600;
 
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     let listen = &config.listen;
@@ -69,6 +70,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             "limits.auth_timeout_secs",
             "must be at least 1",
+        ));
+    }
+    if config.shutdown.drain_secs > MAX_DRAIN_SECS {
+        return Err(ConfigError::new(
+            "shutdown.drain_secs",
+            format!("must be at most {MAX_DRAIN_SECS} (one hour)"),
         ));
     }
     if config.identity_provider.is_empty() {

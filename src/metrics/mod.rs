@@ -11,9 +11,22 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+
+use crate::session::events::{BackendStage, ConnInfo, Disposition, Event, Sink};
+use crate::session::phase::{Access, Expiry};
+use crate::session::{CloseReason, Refused};
+
+const EXPIRIES: [Expiry; 5] = [
+    Expiry::TokenExpired,
+    Expiry::GrantExpired,
+    Expiry::KeyWithdrawn,
+    Expiry::IdpRemoved,
+    Expiry::GrantChanged,
+];
+const STAGES: [BackendStage; 3] = [BackendStage::Probe, BackendStage::Connect, BackendStage::Relay];
 
 /// Every metric the proxy exports, registered in its own registry.
 pub struct Metrics {
@@ -26,8 +39,12 @@ pub struct Metrics {
     pub auth_duration: Histogram,
     pub sessions_refused: IntCounter,
     pub reauthentications: IntCounter,
-    pub expired_sessions: IntCounter,
-    commands: [IntCounter; Disposition::ALL.len()],
+    sessions_expired: [IntCounter; EXPIRIES.len()],
+    commands: [IntCounter; 2 + Refused::ALL.len()],
+    closed: [IntCounter; CloseReason::ALL.len()],
+    backend_errors_by_stage: [IntCounter; 3],
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: Gauge,
     pub wire_errors: IntCounterVec,
     /// Resolved once: the relay path touches only these atomics.
     pub relay: RelayCounters,
@@ -69,39 +86,6 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
     h
 }
 
-/// How the proxy handled a client command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    Local,
-    Relayed,
-    RefusedUnauthenticated,
-    RefusedNoGrant,
-    ReauthenticationRequired,
-    RefusedOpQuery,
-}
-
-impl Disposition {
-    const ALL: [Disposition; 6] = [
-        Disposition::Local,
-        Disposition::Relayed,
-        Disposition::RefusedUnauthenticated,
-        Disposition::RefusedNoGrant,
-        Disposition::ReauthenticationRequired,
-        Disposition::RefusedOpQuery,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Disposition::Local => "local",
-            Disposition::Relayed => "relayed",
-            Disposition::RefusedUnauthenticated => "refused_unauthenticated",
-            Disposition::RefusedNoGrant => "refused_no_grant",
-            Disposition::ReauthenticationRequired => "reauthentication_required",
-            Disposition::RefusedOpQuery => "refused_op_query",
-        }
-    }
-}
-
 /// Per-direction relay counters, with their labels resolved up front.
 pub struct RelayCounters {
     pub to_backend_messages: IntCounter,
@@ -136,6 +120,28 @@ impl RelayCounters {
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
+        let closed = counter_vec(
+            &r,
+            "connections_closed_total",
+            "Client sessions ended, by why.",
+            &["reason"],
+        );
+        let backend_errors = counter_vec(
+            &r,
+            "backend_errors_total",
+            "Backend connection, probe and relay failures, by kind.",
+            &["kind"],
+        );
+        let reload_ok = Gauge::with_opts(
+            Opts::new(
+                "config_last_reload_success_timestamp_seconds",
+                "When the configuration was last loaded successfully (start-up or reload), Unix time.",
+            )
+            .namespace(NS),
+        )
+        .expect("static metric definition");
+        r.register(Box::new(reload_ok.clone()))
+            .expect("metric names are unique");
         let seconds = prometheus::exponential_buckets(0.0005, 2.0, 14).unwrap_or_default();
         let active = IntGauge::with_opts(
             Opts::new("connections_active", "Client connections open now.").namespace(NS),
@@ -156,12 +162,7 @@ impl Metrics {
                 "Client connections refused before a session started.",
                 &["reason"],
             ),
-            connections_closed: counter_vec(
-                &r,
-                "connections_closed_total",
-                "Client sessions ended, by why.",
-                &["reason"],
-            ),
+            connections_closed: closed.clone(),
             auth_attempts: counter_vec(
                 &r,
                 "auth_attempts_total",
@@ -184,11 +185,15 @@ impl Metrics {
                 "reauthentications_total",
                 "Successful re-authentications on an existing connection.",
             ),
-            expired_sessions: counter(
-                &r,
-                "expired_sessions_total",
-                "Sessions whose token expired (clients got 391).",
-            ),
+            sessions_expired: {
+                let vec = counter_vec(
+                    &r,
+                    "sessions_expired_total",
+                    "Sign-ins that stopped holding (clients then get 391 until they re-authenticate), by why.",
+                    &["reason"],
+                );
+                EXPIRIES.map(|e| vec.with_label_values(&[e.label()]))
+            },
             commands: {
                 let vec = counter_vec(
                     &r,
@@ -196,8 +201,11 @@ impl Metrics {
                     "Client commands, by how the proxy handled them.",
                     &["disposition"],
                 );
-                Disposition::ALL.map(|d| vec.with_label_values(&[d.label()]))
+                let mut labels = vec!["local", "relayed"];
+                labels.extend(Refused::ALL.map(Refused::label));
+                std::array::from_fn(|i| vec.with_label_values(&[labels.get(i).copied().unwrap_or("other")]))
             },
+            closed: CloseReason::ALL.map(|c| closed.with_label_values(&[c.label()])),
             wire_errors: counter_vec(
                 &r,
                 "wire_errors_total",
@@ -211,12 +219,15 @@ impl Metrics {
                 "Time to connect and sign in to the backend.",
                 seconds,
             ),
-            backend_errors: counter_vec(
+            backend_errors_by_stage: STAGES.map(|s| backend_errors.with_label_values(&[s.label()])),
+            backend_errors,
+            config_reloads: counter_vec(
                 &r,
-                "backend_errors_total",
-                "Backend connection and sign-in failures, by kind.",
-                &["kind"],
+                "config_reloads_total",
+                "Configuration reloads (SIGHUP), by result.",
+                &["result"],
             ),
+            config_last_reload_success: reload_ok,
             registry: r,
             ready: AtomicBool::new(false),
         }
@@ -224,9 +235,57 @@ impl Metrics {
 
     /// Counts one command; the label was resolved at start-up.
     pub fn count_command(&self, d: Disposition) {
-        if let Some(c) = self.commands.get(d as usize) {
+        let i = match d {
+            Disposition::Local => 0,
+            Disposition::Relayed => 1,
+            Disposition::Refused(r) => 2 + Refused::ALL.iter().position(|x| *x == r).unwrap_or(0),
+        };
+        if let Some(c) = self.commands.get(i) {
             c.inc();
         }
+    }
+
+    pub fn count_closed(&self, reason: CloseReason) {
+        if let Some(c) = CloseReason::ALL.iter().position(|r| *r == reason).and_then(|i| self.closed.get(i)) {
+            c.inc();
+        }
+    }
+
+    pub fn count_expired(&self, why: Expiry) {
+        if let Some(c) = EXPIRIES.iter().position(|e| *e == why).and_then(|i| self.sessions_expired.get(i)) {
+            c.inc();
+        }
+    }
+
+    pub fn count_backend_error(&self, stage: BackendStage) {
+        if let Some(c) = STAGES.iter().position(|s| *s == stage).and_then(|i| self.backend_errors_by_stage.get(i)) {
+            c.inc();
+        }
+    }
+
+    pub fn count_auth_success(&self) {
+        self.auth_attempts.with_label_values(&["success", ""]).inc();
+    }
+
+    pub fn count_auth_failure(&self, reason: &str) {
+        self.auth_attempts.with_label_values(&["failure", reason]).inc();
+    }
+
+    /// A reload's outcome; a success also stamps the last-success time.
+    pub fn count_reload(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+        if ok {
+            self.stamp_config_loaded();
+        }
+    }
+
+    pub fn stamp_config_loaded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.config_last_reload_success.set(now);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -249,6 +308,50 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// Events → Prometheus counters (labels resolved at start-up).
+pub struct MetricsSink(pub Arc<Metrics>);
+
+impl Sink for MetricsSink {
+    fn emit(&self, _conn: &ConnInfo, event: &Event<'_>) {
+        let m = &self.0;
+        match event {
+            Event::Command { disposition, .. } => m.count_command(*disposition),
+            Event::SignedIn {
+                session,
+                reauthenticated,
+                ..
+            } => {
+                m.count_auth_success();
+                if *reauthenticated {
+                    m.reauthentications.inc();
+                }
+                if matches!(session.access, Access::Refused) {
+                    m.sessions_refused.inc();
+                }
+            }
+            Event::SignInFailed { failure, .. } => m.count_auth_failure(failure.reason()),
+            Event::ReauthenticationRefused { .. } => m.count_auth_failure("different_user"),
+            Event::Expired { why, .. } => m.count_expired(*why),
+            Event::WireError { kind, .. } => m.wire_errors.with_label_values(&[kind]).inc(),
+            Event::Backend { stage, .. } => m.count_backend_error(*stage),
+            Event::BackendConnected { seconds } => m.backend_connect_duration.observe(*seconds),
+            Event::AuthStep { seconds } => m.auth_duration.observe(*seconds),
+            Event::Relayed {
+                to_backend,
+                to_client,
+                replies,
+            } => {
+                m.relay.to_backend_messages.inc();
+                m.relay.to_backend_bytes.inc_by(*to_backend);
+                m.relay.to_client_messages.inc_by(*replies);
+                m.relay.to_client_bytes.inc_by(*to_client);
+            }
+            Event::SessionEnded { reason, .. } => m.count_closed(*reason),
+            Event::Refused { .. } => {}
+        }
     }
 }
 

@@ -7,11 +7,6 @@ use bson::{RawDocument, RawDocumentBuf};
 use crate::backend::ServerInfo;
 use crate::errors::MongoError;
 
-/// The handshake command names, matched case-insensitively as drivers vary.
-pub fn is_handshake(name: &str) -> bool {
-    name.eq_ignore_ascii_case("hello") || name.eq_ignore_ascii_case("ismaster")
-}
-
 /// What the client's hello asked for.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HelloRequest<'a> {
@@ -120,11 +115,4 @@ pub fn hello_reply(
     }
     doc.append(cstr!("ok"), 1.0);
     doc
-}
-
-/// Reply to a handshake that failed because the backend could not be probed.
-pub fn backend_unavailable(detail: &str) -> MongoError {
-    MongoError::host_unreachable(format!(
-        "mongo-oidc-proxy cannot reach its backend: {detail}"
-    ))
 }

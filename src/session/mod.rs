@@ -1,77 +1,53 @@
-//! One client connection's life:
+//! One client connection's life, as decode → decide → act per message:
 //!
-//! ```text
-//! anonymous ──saslStart/speculativeAuthenticate──▶ signed in ──exp passes──▶ expired (391)
-//!     ▲  only hello, ping, buildInfo, connectionStatus,      │  relays to the backend     │
-//!     │  endSessions and SASL are served                      ◀──── same-user re-auth ─────┘
-//! ```
+//! 1. **decode** ([`crate::wire::Request::decode`], pure): one walk of the
+//!    frame into a typed request;
+//! 2. **decide** ([`decide::decide`], pure): `(request, phase, inputs) →`
+//!    [`Action`] — answer, refuse, SASL step, relay, close — after the phase
+//!    was resolved against the current runtime ([`phase::Phase::resolve`]:
+//!    expiry, withdrawn keys, reloads);
+//! 3. **act** (here): carry the action out and emit [`events::Event`]s, which
+//!    the sinks turn into metrics and log lines.
 //!
-//! The loop is strictly request/response, as MongoDB drivers use a
-//! connection: read one client message, answer it locally or relay it and
-//! every reply it produces (exhaust streams included), then read the next.
+//! The loop is strictly request/response, as drivers use a connection: read
+//! one client message, answer it locally or relay it and every reply it
+//! produces (exhaust streams included), then read the next. On a drain the
+//! loop keeps serving until the drain period ends; a command still running
+//! then gets InterruptedAtShutdown (11600).
 
-mod commands;
-mod handshake;
+pub mod commands;
+pub mod decide;
+pub mod events;
+pub mod handshake;
+pub mod phase;
 mod relay;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bson::{RawDocument, RawDocumentBuf};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tracing::{debug, info, warn};
+use tokio::sync::watch;
 
-use crate::auth::oidc::{self, ClientStep, Conversation, PayloadEncoding, StepOutcome};
-use crate::auth::{AuthFailure, Identity, IdpRegistry};
-use crate::authz::{BackendIdentity, Decision, Grants};
-use crate::backend::{Backend, BackendConnection};
+use crate::auth::oidc::{self, PayloadEncoding, StepOutcome};
+use crate::auth::{AuthFailure, Identity};
+use crate::authz::BackendIdentity;
+use crate::backend::{BackendConnection, BackendError};
 use crate::errors::MongoError;
-use crate::metrics::{Disposition, Metrics};
-use crate::wire::{self, Frame, OpCode, OpMsg, OpQuery};
+use crate::runtime::{Runtime, Shared, Stage};
+use crate::wire::{self, DecodeError, Frame, Op, OpCode, Request};
 
-pub use handshake::ProxyIdentity;
+pub use decide::{Action, Inputs, Local, Refused};
+pub use events::{ConnInfo, Counts, Disposition, Event};
+use events::BackendStage;
+use phase::{Access, Flow, Phase, Policy};
 
 /// Drivers' human-flow callback timeout (300 s) plus a margin.
 const HUMAN_FLOW_TIMEOUT: Duration = Duration::from_secs(310);
-
-/// What every session shares: configuration turned into live parts.
-pub struct Context {
-    pub registry: Arc<IdpRegistry>,
-    pub grants: Arc<Grants>,
-    pub backend: Arc<Backend>,
-    pub metrics: Arc<Metrics>,
-    pub proxy: ProxyIdentity,
-    /// Longest a client may stay silent before it has signed in.
-    pub anonymous_idle_timeout: Duration,
-    next_connection_id: AtomicI32,
-}
-
-impl Context {
-    pub fn new(
-        registry: Arc<IdpRegistry>,
-        grants: Arc<Grants>,
-        backend: Arc<Backend>,
-        metrics: Arc<Metrics>,
-        max_message_size: usize,
-        anonymous_idle_timeout: Duration,
-    ) -> Context {
-        Context {
-            registry,
-            grants,
-            backend,
-            metrics,
-            proxy: ProxyIdentity {
-                service_id: bson::oid::ObjectId::new(),
-                max_message_size,
-            },
-            anonymous_idle_timeout,
-            next_connection_id: AtomicI32::new(1),
-        }
-    }
-}
+/// A read buffer grown past this for one large message is released once idle.
+const KEPT_READ_BUFFER: usize = 64 * 1024;
 
 /// Why a session ended, for the log and the `connections_closed_total` metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,9 +58,20 @@ pub enum CloseReason {
     UnsupportedOpcode,
     ClientIo,
     BackendClosed,
+    Shutdown,
 }
 
 impl CloseReason {
+    pub const ALL: [CloseReason; 7] = [
+        CloseReason::ClientClosed,
+        CloseReason::IdleBeforeSignIn,
+        CloseReason::MalformedMessage,
+        CloseReason::UnsupportedOpcode,
+        CloseReason::ClientIo,
+        CloseReason::BackendClosed,
+        CloseReason::Shutdown,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             CloseReason::ClientClosed => "client_closed",
@@ -93,34 +80,8 @@ impl CloseReason {
             CloseReason::UnsupportedOpcode => "unsupported_opcode",
             CloseReason::ClientIo => "client_io",
             CloseReason::BackendClosed => "backend_closed",
+            CloseReason::Shutdown => "shutdown",
         }
-    }
-}
-
-/// What a signed-in session may do.
-enum Access {
-    /// A grant matched: relay as this backend identity (connected lazily).
-    Granted {
-        backend_identity: Arc<BackendIdentity>,
-        connection: Option<BackendConnection>,
-    },
-    /// Signed in, but no grant names the caller: every command is refused.
-    Refused,
-}
-
-struct SignedIn {
-    identity: Identity,
-    access: Access,
-    /// The issuer's key-set generation when the token was verified.
-    key_generation: Option<u64>,
-}
-
-impl SignedIn {
-    /// mongod ends an OIDC session when its token expires, and when a JWKS
-    /// refresh removes or changes a key: either way the client must re-auth.
-    fn expired(&self, now: u64, registry: &IdpRegistry) -> bool {
-        self.identity.expires_at <= now
-            || registry.key_generation(self.identity.idp) != self.key_generation
     }
 }
 
@@ -137,567 +98,560 @@ enum ReplyKind {
     Reply,
 }
 
+impl ReplyKind {
+    fn for_op(op: Op) -> ReplyKind {
+        match op {
+            Op::Query { .. }
+            | Op::Compressed {
+                original: OpCode::Query,
+            } => ReplyKind::Reply,
+            _ => ReplyKind::Msg,
+        }
+    }
+}
+
+/// The client side: the TLS stream, its read buffer and reply ids.
+struct Client<S> {
+    stream: S,
+    read_buf: BytesMut,
+    next_reply_id: i32,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    async fn reply(
+        &mut self,
+        response_to: i32,
+        kind: ReplyKind,
+        doc: &RawDocument,
+    ) -> Result<u64, CloseReason> {
+        let id = self.next_reply_id;
+        self.next_reply_id = self.next_reply_id.wrapping_add(1);
+        let bytes = match kind {
+            ReplyKind::Msg => wire::op_msg::encode(id, response_to, 0, doc),
+            ReplyKind::Reply => wire::op_query::encode_reply(id, response_to, doc),
+        };
+        self.stream
+            .write_all(&bytes)
+            .await
+            .map_err(|_| CloseReason::ClientIo)?;
+        self.stream.flush().await.map_err(|_| CloseReason::ClientIo)?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Releases a buffer that one large message grew, so an idle connection
+    /// costs the same after it as before.
+    fn shrink(&mut self) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() > KEPT_READ_BUFFER {
+            self.read_buf = BytesMut::new();
+        }
+    }
+}
+
+/// The session's backend connection, opened on the first relayed command.
+struct BackendLink {
+    user: String,
+    connection: BackendConnection,
+}
+
 /// One client connection.
 pub struct Session<S> {
-    stream: S,
-    peer: SocketAddr,
-    ctx: Arc<Context>,
-    connection_id: i32,
-    read_buf: BytesMut,
-    next_request_id: i32,
-    conversation: Conversation,
-    signed_in: Option<SignedIn>,
+    client: Client<S>,
+    conn: ConnInfo,
+    started: Instant,
+    shared: Arc<Shared>,
+    stage: watch::Receiver<Stage>,
+    phase: Phase,
+    backend: Option<BackendLink>,
+    counts: Counts,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub fn new(stream: S, peer: SocketAddr, ctx: Arc<Context>) -> Session<S> {
-        let connection_id = ctx.next_connection_id.fetch_add(1, Ordering::Relaxed);
-        Session {
-            stream,
+    pub fn new(stream: S, peer: SocketAddr, shared: Arc<Shared>) -> Session<S> {
+        let conn = ConnInfo {
+            id: shared.next_connection_id(),
             peer,
-            ctx,
-            connection_id,
-            read_buf: BytesMut::with_capacity(16 * 1024),
-            next_request_id: 1,
-            conversation: Conversation::Idle,
-            signed_in: None,
+        };
+        Session {
+            client: Client {
+                stream,
+                read_buf: BytesMut::new(),
+                next_reply_id: 1,
+            },
+            conn,
+            started: Instant::now(),
+            stage: shared.stage.clone(),
+            shared,
+            phase: Phase::Anonymous,
+            backend: None,
+            counts: Counts::default(),
         }
     }
 
     pub fn connection_id(&self) -> i32 {
-        self.connection_id
+        self.conn.id
     }
 
-    /// Serves the connection until either side closes it.
+    /// Serves the connection until either side closes it; the one exit
+    /// emits the session's end.
     pub async fn run(mut self) -> CloseReason {
+        let reason = self.serve().await;
+        self.emit(&Event::SessionEnded {
+            reason,
+            counts: self.counts,
+            duration: self.started.elapsed(),
+            user: self.phase.signed_in().map(|s| s.identity.user.as_str()),
+        });
+        reason
+    }
+
+    fn emit(&self, event: &Event<'_>) {
+        self.shared.sinks.emit(&self.conn, event);
+    }
+
+    async fn serve(&mut self) -> CloseReason {
         loop {
-            let frame = match self.read_client_frame().await {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return CloseReason::ClientClosed,
+            let rt = self.shared.runtime.load_full();
+            let frame = match self.next_frame(&rt).await {
+                Ok(frame) => frame,
                 Err(reason) => return reason,
             };
-            let result = match frame.header.op_code {
-                OpCode::Msg => self.on_op_msg(&frame).await,
-                OpCode::Query => self.on_op_query(&frame).await,
-                OpCode::Compressed => self.on_op_compressed(&frame).await,
-                OpCode::Reply | OpCode::Other(_) => {
-                    self.count_wire_error("unsupported_opcode");
-                    warn!(
-                        opcode = frame.header.op_code.as_i32(),
-                        "closing: opcode not supported by the proxy"
-                    );
-                    Err(CloseReason::UnsupportedOpcode)
+            self.counts.bytes_from_client += frame.bytes.len() as u64;
+            self.counts.commands += 1;
+            self.resolve_phase(&rt);
+            let result = match Request::decode(&frame.bytes) {
+                Ok(req) => {
+                    let inputs = Inputs {
+                        draining: *self.stage.borrow() != Stage::Serving,
+                    };
+                    let action = decide::decide(&req, &self.phase, inputs);
+                    self.act(&req, action, &rt).await
                 }
+                Err(e) => self.act_malformed(&e).await,
             };
+            drop(frame);
+            self.client.shrink();
             if let Err(reason) = result {
                 return reason;
             }
         }
     }
 
-    async fn read_client_frame(&mut self) -> Result<Option<Frame>, CloseReason> {
-        let max = self.ctx.proxy.max_message_size;
-        let read = wire::read_frame(&mut self.stream, &mut self.read_buf, max);
-        let result = if self.signed_in.is_none() {
+    /// Reads the next message; before sign-in silence is bounded, and the
+    /// end of a drain interrupts the wait.
+    async fn next_frame(&mut self, rt: &Runtime) -> Result<Frame, CloseReason> {
+        let max = rt.limits.max_message_size;
+        let idle = match &self.phase {
             // Between the two steps of the human flow a person signs in at
             // the IdP; drivers give that callback five minutes.
-            let idle = if self.conversation.is_active() {
-                self.ctx.anonymous_idle_timeout.max(HUMAN_FLOW_TIMEOUT)
-            } else {
-                self.ctx.anonymous_idle_timeout
-            };
-            match tokio::time::timeout(idle, read).await {
-                Ok(r) => r,
-                Err(_) => return Err(CloseReason::IdleBeforeSignIn),
+            Phase::Authenticating { .. } => {
+                Some(Duration::from_secs(rt.limits.auth_timeout_secs).max(HUMAN_FLOW_TIMEOUT))
             }
-        } else {
-            read.await
+            Phase::Anonymous => Some(Duration::from_secs(rt.limits.auth_timeout_secs)),
+            Phase::SignedIn(_) => None,
         };
-        result.map_err(|e| {
-            self.count_wire_error(e.kind());
-            match e {
-                wire::WireError::Io(_) | wire::WireError::UnexpectedEof => CloseReason::ClientIo,
-                other => {
-                    // The frame boundary itself is untrustworthy: nothing can be answered.
-                    warn!(error = %other, "closing: unreadable message from client");
-                    CloseReason::MalformedMessage
-                }
+        let read = wire::read_frame(&mut self.client.stream, &mut self.client.read_buf, max);
+        let timeout = async {
+            match idle {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
             }
-        })
-    }
-
-    fn count_wire_error(&self, kind: &str) {
-        self.ctx
-            .metrics
-            .wire_errors
-            .with_label_values(&[kind])
-            .inc();
-    }
-
-    fn count_command(&self, disposition: Disposition) {
-        self.ctx.metrics.count_command(disposition);
-    }
-
-    async fn on_op_msg(&mut self, frame: &Frame) -> Result<(), CloseReason> {
-        let msg = match OpMsg::parse(&frame.bytes) {
-            Ok(msg) => msg,
+        };
+        let result = tokio::select! {
+            r = read => r,
+            _ = timeout => return Err(CloseReason::IdleBeforeSignIn),
+            _ = closing(&mut self.stage) => return Err(CloseReason::Shutdown),
+        };
+        match result {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => Err(CloseReason::ClientClosed),
+            Err(wire::WireError::Io(_)) | Err(wire::WireError::UnexpectedEof) => {
+                Err(CloseReason::ClientIo)
+            }
             Err(e) => {
-                self.count_wire_error(e.kind());
-                let more_to_come = frame.body().get(..4).is_some_and(|f| f[0] & 2 != 0);
-                if more_to_come {
-                    warn!(error = %e, "closing: malformed fire-and-forget message");
-                    return Err(CloseReason::MalformedMessage);
-                }
-                let err = match e {
-                    wire::WireError::InvalidBson { .. } => MongoError::invalid_bson(e.to_string()),
-                    _ => MongoError::protocol_error(e.to_string()),
-                };
-                return self.reply_error(frame, ReplyKind::Msg, &err).await;
+                // The frame boundary itself is untrustworthy: nothing can be answered.
+                self.emit(&Event::WireError {
+                    kind: e.kind(),
+                    detail: &e.to_string(),
+                });
+                Err(CloseReason::MalformedMessage)
             }
-        };
-        let name = match msg.command_name() {
-            Ok(name) => name,
-            Err(e) => {
-                self.count_wire_error(e.kind());
-                return self
-                    .reply_error(
-                        frame,
-                        ReplyKind::Msg,
-                        &MongoError::invalid_bson(e.to_string()),
-                    )
-                    .await;
-            }
-        };
-        let answer = self
-            .dispatch(name, msg.body, frame, msg.flags.more_to_come())
-            .await?;
-        match answer {
-            Some(doc) if !msg.flags.more_to_come() => self.reply(frame, ReplyKind::Msg, &doc).await,
-            _ => Ok(()),
         }
     }
 
-    async fn on_op_query(&mut self, frame: &Frame) -> Result<(), CloseReason> {
-        let query = match OpQuery::parse(&frame.bytes) {
-            Ok(q) => q,
-            Err(e) => {
-                self.count_wire_error(e.kind());
-                return self
-                    .reply_error(
-                        frame,
-                        ReplyKind::Reply,
-                        &MongoError::protocol_error(e.to_string()),
-                    )
-                    .await;
+    fn resolve_phase(&mut self, rt: &Runtime) {
+        let policy = Policy {
+            version: rt.version,
+            registry: &rt.registry,
+            grants: &rt.grants,
+        };
+        if let Some(why) = self.phase.resolve(&policy, self.conn.peer.ip(), unix_now()) {
+            if let Some(s) = self.phase.signed_in() {
+                self.emit(&Event::Expired {
+                    user: &s.identity.user,
+                    why,
+                });
             }
-        };
-        let name = wire::op_msg::first_key(query.query).unwrap_or("");
-        if query.command_database().is_none() || !handshake::is_handshake(name) {
-            self.count_command(Disposition::RefusedOpQuery);
-            let err = MongoError::unsupported_op_query_command(format!(
-                "Unsupported OP_QUERY command: {name}. The client driver may require an upgrade. For more details see https://dochub.mongodb.org/core/legacy-opcode-removal"
-            ));
-            return self.reply_error(frame, ReplyKind::Reply, &err).await;
         }
-        let doc = self
-            .hello(name, query.query)
-            .await
-            .unwrap_or_else(|e| e.to_document());
-        self.reply(frame, ReplyKind::Reply, &doc).await
     }
 
-    async fn on_op_compressed(&mut self, frame: &Frame) -> Result<(), CloseReason> {
-        self.count_wire_error("compressed");
-        let original = frame
-            .body()
-            .get(..4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        let kind = if original == Some(OpCode::Query.as_i32()) {
-            ReplyKind::Reply
-        } else {
-            ReplyKind::Msg
-        };
-        let err = MongoError::not_implemented(
-            "OP_COMPRESSED is not supported by mongo-oidc-proxy, which advertises no compressors; remove 'compressors' from the connection string",
-        );
-        self.reply_error(frame, kind, &err).await
+    async fn act_malformed(&mut self, err: &DecodeError) -> Result<(), CloseReason> {
+        self.emit(&Event::WireError {
+            kind: err.error.kind(),
+            detail: &err.error.to_string(),
+        });
+        match decide::decide_malformed(err) {
+            Action::Refuse { error, reason } => {
+                self.emit(&Event::Command {
+                    name: "",
+                    disposition: Disposition::Refused(reason),
+                });
+                let kind = ReplyKind::for_op(err.op);
+                self.send(err.request_id, kind, &error.to_document()).await
+            }
+            Action::Close(reason) => Err(reason),
+            _ => Err(CloseReason::MalformedMessage),
+        }
     }
 
-    /// Answers a command locally (`Some(reply)`) or relays it (`None`).
-    async fn dispatch(
+    async fn act(
         &mut self,
-        name: &str,
-        body: &RawDocument,
-        frame: &Frame,
-        more_to_come: bool,
-    ) -> Result<Option<RawDocumentBuf>, CloseReason> {
-        if handshake::is_handshake(name) {
-            self.count_command(Disposition::Local);
-            return Ok(Some(
-                self.hello(name, body)
-                    .await
-                    .unwrap_or_else(|e| e.to_document()),
-            ));
-        }
-        let local = match name {
-            "saslStart" => {
-                let db = body.get_str("$db").unwrap_or("admin");
-                Some(self.sasl_start(body, db).await)
-            }
-            "saslContinue" => Some(self.sasl_continue(body).await),
-            "ping" => Some(Ok(commands::ok())),
-            "buildInfo" | "buildinfo" => Some(self.build_info().await),
-            "connectionStatus" => {
-                let now = unix_now();
-                let identity = self.signed_in.as_ref().filter(|s| !s.expired(now, &self.ctx.registry)).map(|s| &s.identity);
-                Some(Ok(commands::connection_status(identity)))
-            }
-            "endSessions" if self.signed_in.is_none() => Some(Ok(commands::ok())),
-            "authenticate" => Some(Err(MongoError::mechanism_unavailable(
-                "Received authentication for mechanism MONGODB-X509 which is not enabled; sign in with MONGODB-OIDC",
-            ))),
-            "logout" => Some(Err(MongoError::command_not_supported(
-                "logout is not supported by mongo-oidc-proxy; close the connection to sign out",
-            ))),
-            _ => None,
+        req: &Request<'_>,
+        action: Action,
+        rt: &Arc<Runtime>,
+    ) -> Result<(), CloseReason> {
+        let name = req.command.map_or("", |c| c.name);
+        let disposition = match &action {
+            Action::Relay => Disposition::Relayed,
+            Action::Refuse { reason, .. } => Disposition::Refused(*reason),
+            Action::Close(_) => Disposition::Refused(Refused::Unsupported),
+            _ => Disposition::Local,
         };
-        if let Some(result) = local {
-            self.count_command(Disposition::Local);
-            return Ok(Some(result.unwrap_or_else(|e| e.to_document())));
-        }
-        self.authorised_relay(name, frame, more_to_come).await
-    }
-
-    /// Relays a command if the session may, or says why not.
-    async fn authorised_relay(
-        &mut self,
-        name: &str,
-        frame: &Frame,
-        more_to_come: bool,
-    ) -> Result<Option<RawDocumentBuf>, CloseReason> {
-        let now = unix_now();
-        let refusal = match &self.signed_in {
-            None => Some((Disposition::RefusedUnauthenticated, MongoError::unauthorized(format!("Command {name} requires authentication")))),
-            Some(s) if s.expired(now, &self.ctx.registry) => {
-                Some((Disposition::ReauthenticationRequired, MongoError::reauthentication_required(format!(
-                    "Command {name} requires reauthentication since the current authorization session has expired. Please re-auth."
-                ))))
+        self.emit(&Event::Command { name, disposition });
+        let reply = match action {
+            Action::Close(reason) => {
+                if reason == CloseReason::UnsupportedOpcode {
+                    self.emit(&Event::WireError {
+                        kind: "unsupported_opcode",
+                        detail: "opcode not supported by the proxy",
+                    });
+                }
+                return Err(reason);
             }
-            Some(SignedIn { access: Access::Refused, identity, .. }) => Some((Disposition::RefusedNoGrant, MongoError::unauthorized(format!(
-                "not authorized to execute command {name}: no grant of this proxy names user '{}' or its roles; ask the proxy's operator for a [[grant]]",
-                identity.user
-            )))),
-            Some(_) => None,
+            Action::Relay => return self.relay(req, rt).await,
+            Action::Refuse { error, reason } => {
+                self.emit(&Event::Refused {
+                    name,
+                    db: req.command.and_then(|c| c.db),
+                    code: error.code,
+                    reason,
+                });
+                let retryable = req.command.is_some_and(|c| c.is_retryable_write());
+                error.labelled_for(retryable).to_document()
+            }
+            Action::Hello { speculative } => self.hello(req, speculative, rt).await,
+            Action::SaslStart => self.sasl_start(req, rt).await,
+            Action::SaslContinue => self.sasl_continue(req, rt).await,
+            Action::Local(local) => self.local(local, rt).await,
         };
-        if let Some((disposition, err)) = refusal {
-            self.count_command(disposition);
-            return Ok(Some(err.to_document()));
+        if req.more_to_come {
+            return Ok(());
         }
-        self.count_command(Disposition::Relayed);
-        self.relay(frame, more_to_come).await
-    }
-
-    async fn build_info(&self) -> Result<RawDocumentBuf, MongoError> {
-        let info = self
-            .ctx
-            .backend
-            .server_info()
+        self.send(req.request_id, ReplyKind::for_op(req.op), &reply)
             .await
-            .map_err(|e| handshake::backend_unavailable(&e.to_string()))?;
-        Ok(commands::build_info(&info))
+    }
+
+    async fn send(
+        &mut self,
+        response_to: i32,
+        kind: ReplyKind,
+        doc: &RawDocument,
+    ) -> Result<(), CloseReason> {
+        let n = self.client.reply(response_to, kind, doc).await?;
+        self.counts.bytes_to_client += n;
+        Ok(())
+    }
+
+    async fn local(&mut self, local: Local, rt: &Runtime) -> RawDocumentBuf {
+        match local {
+            Local::Ping | Local::EndSessions => commands::ok(),
+            Local::ConnectionStatus => commands::connection_status(
+                self.phase
+                    .signed_in()
+                    .filter(|s| s.expired.is_none())
+                    .map(|s| &s.identity),
+            ),
+            Local::BuildInfo => match rt.backend.server_info().await {
+                Ok(info) => commands::build_info(&info),
+                Err(e) => self.backend_unavailable(BackendStage::Probe, &e).to_document(),
+            },
+        }
+    }
+
+    /// What a client sees when the backend fails: never its address, user
+    /// or auth source; the details go to the log and metrics.
+    fn backend_unavailable(&self, stage: BackendStage, e: &BackendError) -> MongoError {
+        self.emit(&Event::Backend { stage, error: e });
+        let text = if matches!(e, BackendError::AuthFailed { .. } | BackendError::Scram { .. }) {
+            "mongo-oidc-proxy cannot sign in to its backend as the granted user"
+        } else {
+            "mongo-oidc-proxy cannot reach its backend"
+        };
+        MongoError::host_unreachable(text)
     }
 
     async fn hello(
         &mut self,
-        name: &str,
-        body: &RawDocument,
-    ) -> Result<RawDocumentBuf, MongoError> {
-        let req = handshake::parse_hello(name, body)?;
-        let info = self.ctx.backend.server_info().await.map_err(|e| {
-            self.ctx
-                .metrics
-                .backend_errors
-                .with_label_values(&["probe"])
-                .inc();
-            handshake::backend_unavailable(&e.to_string())
-        })?;
-        let speculative = match req.speculative {
-            Some(spec) if self.signed_in.is_none() => self.speculative_authenticate(spec).await,
+        req: &Request<'_>,
+        speculative: bool,
+        rt: &Runtime,
+    ) -> RawDocumentBuf {
+        let Some(command) = req.command else {
+            return MongoError::protocol_error("hello without a command").to_document();
+        };
+        let hello = match handshake::parse_hello(command.name, command.body) {
+            Ok(h) => h,
+            Err(e) => return e.to_document(),
+        };
+        let info = match rt.backend.server_info().await {
+            Ok(info) => info,
+            Err(e) => return self.backend_unavailable(BackendStage::Probe, &e).to_document(),
+        };
+        let spec = match hello.speculative {
+            Some(spec) if speculative => self.speculative_authenticate(spec, rt).await,
             _ => None,
         };
-        Ok(handshake::hello_reply(
-            &req,
-            &info,
-            &self.ctx.proxy,
-            self.connection_id,
-            speculative,
-        ))
+        let proxy = handshake::ProxyIdentity {
+            service_id: self.shared.service_id,
+            max_message_size: rt.limits.max_message_size,
+        };
+        handshake::hello_reply(&hello, &info, &proxy, self.conn.id, spec)
     }
 
     /// mongod's rules: only a `saslStart` with a `db` is attempted, and any
     /// failure is swallowed so the driver falls back to an explicit saslStart.
-    async fn speculative_authenticate(&mut self, spec: &RawDocument) -> Option<RawDocumentBuf> {
-        let first = wire::op_msg::first_key(spec).ok()?;
-        if first != "saslStart" {
+    async fn speculative_authenticate(
+        &mut self,
+        spec: &RawDocument,
+        rt: &Runtime,
+    ) -> Option<RawDocumentBuf> {
+        if wire::op_msg::first_key(spec).ok()? != "saslStart" {
             return None;
         }
         let db = spec.get_str("db").ok()?;
         let start = oidc::parse_sasl_start(spec, db).ok()?;
         let encoding = start.payload.encoding;
-        let (payload, done) = match self.run_sasl_step(start.payload.bytes.as_ref(), true).await {
-            Ok(outcome) => outcome,
-            Err(_) => return None,
-        };
+        let step = self.sasl_step(&start.payload.bytes, None, Flow::Speculative, rt).await;
+        let (payload, done) = step.ok()?;
         Some(oidc::speculative_reply(payload.as_deref(), done, encoding))
     }
 
-    async fn sasl_start(
-        &mut self,
-        body: &RawDocument,
-        db: &str,
-    ) -> Result<RawDocumentBuf, MongoError> {
-        self.conversation = Conversation::Idle;
-        let start = oidc::parse_sasl_start(body, db)?;
+    async fn sasl_start(&mut self, req: &Request<'_>, rt: &Runtime) -> RawDocumentBuf {
+        self.phase.abandon_conversation();
+        let Some(command) = req.command else {
+            return MongoError::protocol_error("saslStart without a command").to_document();
+        };
+        let start = match oidc::parse_sasl_start(command.body, command.db.unwrap_or("admin")) {
+            Ok(s) => s,
+            Err(e) => return e.to_document(),
+        };
         let encoding = start.payload.encoding;
-        let (payload, done) = self
-            .run_sasl_step(start.payload.bytes.as_ref(), true)
-            .await?;
-        Ok(oidc::step_reply(payload.as_deref(), done, encoding))
+        match self.sasl_step(&start.payload.bytes, None, Flow::Machine, rt).await {
+            Ok((payload, done)) => oidc::step_reply(payload.as_deref(), done, encoding),
+            Err(e) => e.to_document(),
+        }
     }
 
-    async fn sasl_continue(&mut self, body: &RawDocument) -> Result<RawDocumentBuf, MongoError> {
-        let cont = oidc::parse_sasl_continue(body)?;
-        oidc::check_continue(&cont, &self.conversation)?;
+    async fn sasl_continue(&mut self, req: &Request<'_>, rt: &Runtime) -> RawDocumentBuf {
+        let Some(command) = req.command else {
+            return MongoError::protocol_error("saslContinue without a command").to_document();
+        };
+        let cont = match oidc::parse_sasl_continue(command.body) {
+            Ok(c) => c,
+            Err(e) => return e.to_document(),
+        };
+        let pending = self.phase.pending().cloned();
+        if let Err(e) = oidc::check_continue(&cont, pending.is_some()) {
+            return e.to_document();
+        }
         let encoding: PayloadEncoding = cont.payload.encoding;
-        let (payload, done) = self
-            .run_sasl_step(cont.payload.bytes.as_ref(), false)
-            .await?;
-        Ok(oidc::step_reply(payload.as_deref(), done, encoding))
+        match self.sasl_step(&cont.payload.bytes, pending, Flow::Human, rt).await {
+            Ok((payload, done)) => oidc::step_reply(payload.as_deref(), done, encoding),
+            Err(e) => e.to_document(),
+        }
     }
 
     /// One mechanism step. Every failure inside it is the generic 18; the
-    /// reason goes to the log and metrics only.
-    async fn run_sasl_step(
+    /// reason goes to the events only.
+    async fn sasl_step(
         &mut self,
         payload: &[u8],
-        start: bool,
+        pending: Option<oidc::Pending>,
+        flow: Flow,
+        rt: &Runtime,
     ) -> Result<(Option<RawDocumentBuf>, bool), MongoError> {
         let started = Instant::now();
-        let registry = self.ctx.registry.clone();
-        let outcome = match oidc::parse_payload(payload) {
-            Ok(step) => {
-                let step: ClientStep<'_> = step;
-                if start {
-                    self.conversation.start(&registry, step).await
-                } else {
-                    self.conversation.resume(&registry, step).await
-                }
-            }
-            Err(e) => Err(e),
+        let outcome = match (oidc::parse_payload(payload), &pending) {
+            (Err(e), _) => Err(e),
+            (Ok(step), Some(p)) => oidc::resume(&rt.registry, p, step)
+                .await
+                .map(StepOutcome::Authenticated),
+            (Ok(step), None) => oidc::start(&rt.registry, step).await,
         };
-        self.ctx
-            .metrics
-            .auth_duration
-            .observe(started.elapsed().as_secs_f64());
+        self.emit(&Event::AuthStep {
+            seconds: started.elapsed().as_secs_f64(),
+        });
         match outcome {
-            Ok(StepOutcome::Challenge(doc)) => Ok((Some(doc), false)),
+            Ok(StepOutcome::Challenge { reply, pending }) => {
+                let previous = match std::mem::take(&mut self.phase) {
+                    Phase::SignedIn(s) => Some(s),
+                    Phase::Authenticating { previous, .. } => previous,
+                    Phase::Anonymous => None,
+                };
+                self.phase = Phase::Authenticating { pending, previous };
+                Ok((Some(reply), false))
+            }
             Ok(StepOutcome::Authenticated(identity)) => {
-                self.sign_in(identity)?;
+                let flow = if pending.is_some() { Flow::Human } else { flow };
+                self.sign_in(identity, flow, rt)?;
                 Ok((None, true))
             }
             Err(failure) => {
-                self.conversation = Conversation::Idle;
-                self.auth_failed(&failure);
+                self.phase.abandon_conversation();
+                let failure: AuthFailure = failure;
+                self.emit(&Event::SignInFailed {
+                    failure: &failure,
+                    flow,
+                });
                 Err(MongoError::generic_authentication_failure())
             }
         }
     }
 
-    fn auth_failed(&self, failure: &AuthFailure) {
-        self.ctx
-            .metrics
-            .auth_attempts
-            .with_label_values(&["failure", failure.reason()])
-            .inc();
-        // Debug-formatted: the reason quotes token fields (issuer, kid, ...)
-        // that an attacker chose, so control characters must be escaped.
-        warn!(peer = %self.peer, reason = failure.reason(), error = ?failure.to_string(), "authentication failed");
-    }
-
-    /// Accepts a verified identity: a first sign-in, or a re-authentication
-    /// that must be for the same user.
-    fn sign_in(&mut self, identity: Identity) -> Result<(), MongoError> {
-        let now = unix_now();
-        if let Some(current) = &self.signed_in {
-            if current.identity.user != identity.user {
-                self.ctx
-                    .metrics
-                    .auth_attempts
-                    .with_label_values(&["failure", "different_user"])
-                    .inc();
-                return Err(if current.expired(now, &self.ctx.registry) {
-                    MongoError::with_code(7070100, "Location7070100", format!(
-                        "Only same user is permitted to re-auth to an expired session. Expired user is {}@$external",
-                        current.identity.user
-                    ))
-                } else {
-                    MongoError::with_code(5626701, "Location5626701", format!(
-                        "Each client connection may only be authenticated once. Previously authenticated as: {}@$external",
-                        current.identity.user
-                    ))
-                });
-            }
-            self.ctx.metrics.reauthentications.inc();
-        }
-        self.ctx
-            .metrics
-            .auth_attempts
-            .with_label_values(&["success", ""])
-            .inc();
-        let decision = self
-            .ctx
-            .grants
-            .decide(&identity, self.peer.ip(), SystemTime::now());
-        let previous = self.signed_in.take();
-        let access = match decision {
-            Decision::Granted { grant, backend } => {
-                info!(peer = %self.peer, user = %identity.user, roles = ?identity.roles, claims = ?identity.log_claims,
-                      grant, backend_user = %backend.user, "signed in");
-                // Keep the backend connection when re-authentication keeps the backend user.
-                let connection = match previous {
-                    Some(SignedIn {
-                        access:
-                            Access::Granted {
-                                backend_identity,
-                                connection,
-                            },
-                        ..
-                    }) if backend_identity.user == backend.user => connection,
-                    _ => None,
-                };
-                Access::Granted {
-                    backend_identity: backend,
-                    connection,
-                }
-            }
-            Decision::Denied => {
-                self.ctx.metrics.sessions_refused.inc();
-                warn!(peer = %self.peer, user = %identity.user, roles = ?identity.roles, "signed in, but no grant matches: every command will be refused");
-                Access::Refused
+    /// A verified identity becomes the session's sign-in, if the rules allow.
+    fn sign_in(&mut self, identity: Identity, flow: Flow, rt: &Runtime) -> Result<(), MongoError> {
+        let now = SystemTime::now();
+        let access = Access::from_decision(rt.grants.decide(&identity, self.conn.peer.ip(), now));
+        let verified = decide::Verified {
+            idp_fingerprint: rt.registry.fingerprint(identity.idp).unwrap_or_default(),
+            key_generation: rt.registry.key_generation(identity.idp),
+            identity,
+            flow,
+            access,
+            runtime_version: rt.version,
+            at: now,
+        };
+        let reauthenticated = self.phase.signed_in().is_some();
+        let session = match decide::sign_in(&self.phase, verified) {
+            Ok(s) => s,
+            Err(e) => {
+                self.phase.abandon_conversation();
+                self.emit(&Event::ReauthenticationRefused { code: e.code });
+                return Err(e);
             }
         };
-        let key_generation = self.ctx.registry.key_generation(identity.idp);
-        self.signed_in = Some(SignedIn {
-            identity,
-            access,
-            key_generation,
+        // Keep the backend connection when the backend user stays the same.
+        let keep = match (&session.access, &self.backend) {
+            (Access::Granted { backend, .. }, Some(link)) => link.user == backend.user,
+            _ => false,
+        };
+        if !keep {
+            self.backend = None;
+        }
+        let issuer = rt
+            .registry
+            .describe(session.identity.idp)
+            .map_or("", |(_, issuer)| issuer);
+        self.emit(&Event::SignedIn {
+            session: &session,
+            reauthenticated,
+            issuer,
         });
+        self.phase = Phase::SignedIn(Box::new(session));
         Ok(())
     }
 
-    async fn relay(
-        &mut self,
-        frame: &Frame,
-        more_to_come: bool,
-    ) -> Result<Option<RawDocumentBuf>, CloseReason> {
-        let Some(SignedIn {
-            access:
-                Access::Granted {
-                    backend_identity,
-                    connection,
-                },
-            ..
-        }) = self.signed_in.as_mut()
+    /// Relays a command as the session's backend identity; a drain that
+    /// ends meanwhile interrupts it with 11600 if no reply byte was sent yet.
+    async fn relay(&mut self, req: &Request<'_>, rt: &Runtime) -> Result<(), CloseReason> {
+        let Some(Access::Granted { backend, .. }) = self.phase.signed_in().map(|s| &s.access)
         else {
-            return Ok(Some(
-                MongoError::unauthorized("not signed in").to_document(),
-            ));
+            return Err(CloseReason::MalformedMessage);
         };
-        if connection.is_none() {
-            let started = Instant::now();
-            match self
-                .ctx
-                .backend
-                .connect_as(&backend_identity.user, &backend_identity.password)
-                .await
-            {
-                Ok(conn) => {
-                    self.ctx
-                        .metrics
-                        .backend_connect_duration
-                        .observe(started.elapsed().as_secs_f64());
-                    *connection = Some(conn);
-                }
-                Err(e) => {
-                    self.ctx
-                        .metrics
-                        .backend_errors
-                        .with_label_values(&["connect"])
-                        .inc();
-                    warn!(error = %e, backend_user = %backend_identity.user, "backend connection failed");
-                    return Ok(Some(
-                        MongoError::host_unreachable(format!(
-                            "mongo-oidc-proxy could not open a backend connection: {e}"
-                        ))
-                        .to_document(),
-                    ));
-                }
+        let backend = backend.clone();
+        let retryable = req.command.is_some_and(|c| c.is_retryable_write());
+        if self.backend.is_none() {
+            if let Err(error) = self.connect_backend(&backend, rt).await {
+                let doc = error.labelled_for(retryable).to_document();
+                return self.send(req.request_id, ReplyKind::Msg, &doc).await;
             }
         }
-        let Some(conn) = connection.as_mut() else {
-            return Ok(None);
+        let Some(link) = self.backend.as_mut() else {
+            return Err(CloseReason::BackendClosed);
         };
-        match relay::relay(
-            &mut self.stream,
-            conn,
-            frame,
-            more_to_come,
-            &self.ctx.metrics.relay,
-        )
-        .await
-        {
-            Ok(()) => Ok(None),
-            Err(relay::RelayError::Client) => Err(CloseReason::ClientIo),
-            Err(relay::RelayError::Backend(e)) => {
+        let mut progress = relay::Progress::default();
+        let outcome = tokio::select! {
+            r = relay::relay(&mut self.client.stream, &mut link.connection, req.bytes, req.more_to_come, &mut progress) => Some(r),
+            _ = closing(&mut self.stage) => None,
+        };
+        self.counts.bytes_to_client += progress.to_client;
+        self.emit(&Event::Relayed {
+            to_backend: req.bytes.len() as u64,
+            to_client: progress.to_client,
+            replies: progress.replies,
+        });
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(relay::RelayError::Client)) => Err(CloseReason::ClientIo),
+            Some(Err(relay::RelayError::Backend(e))) => {
                 // When either side closes, both close: the driver sees a
                 // network error and retries on a new connection if it may.
-                self.ctx
-                    .metrics
-                    .backend_errors
-                    .with_label_values(&["relay"])
-                    .inc();
-                warn!(error = %e, "backend connection lost while relaying; closing the client connection");
+                self.emit(&Event::Backend {
+                    stage: BackendStage::Relay,
+                    error: &e,
+                });
                 Err(CloseReason::BackendClosed)
+            }
+            None => {
+                if !progress.replying && !req.more_to_come {
+                    let error = MongoError::interrupted_at_shutdown(
+                        "interrupted at shutdown: mongo-oidc-proxy's drain period ended",
+                    )
+                    .labelled_for(retryable);
+                    let _ = self
+                        .send(req.request_id, ReplyKind::Msg, &error.to_document())
+                        .await;
+                }
+                Err(CloseReason::Shutdown)
             }
         }
     }
 
-    async fn reply_error(
+    async fn connect_backend(
         &mut self,
-        frame: &Frame,
-        kind: ReplyKind,
-        err: &MongoError,
-    ) -> Result<(), CloseReason> {
-        debug!(code = err.code, errmsg = %err.errmsg, "error reply");
-        self.reply(frame, kind, &err.to_document()).await
+        backend: &Arc<BackendIdentity>,
+        rt: &Runtime,
+    ) -> Result<(), MongoError> {
+        let started = Instant::now();
+        match rt.backend.connect_as(&backend.user, &backend.password).await {
+            Ok(connection) => {
+                self.emit(&Event::BackendConnected {
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                self.backend = Some(BackendLink {
+                    user: backend.user.clone(),
+                    connection,
+                });
+                Ok(())
+            }
+            Err(e) => Err(self.backend_unavailable(BackendStage::Connect, &e)),
+        }
     }
+}
 
-    async fn reply(
-        &mut self,
-        request: &Frame,
-        kind: ReplyKind,
-        doc: &RawDocument,
-    ) -> Result<(), CloseReason> {
-        let id = self.next_request_id;
-        self.next_request_id = self.next_request_id.wrapping_add(1);
-        let bytes = match kind {
-            ReplyKind::Msg => wire::op_msg::encode(id, request.header.request_id, 0, doc),
-            ReplyKind::Reply => wire::op_query::encode_reply(id, request.header.request_id, doc),
-        };
-        self.stream
-            .write_all(&bytes)
-            .await
-            .map_err(|_| CloseReason::ClientIo)?;
-        self.stream.flush().await.map_err(|_| CloseReason::ClientIo)
+/// Resolves once the drain period is over.
+async fn closing(stage: &mut watch::Receiver<Stage>) {
+    if stage.wait_for(|s| *s == Stage::Closing).await.is_err() {
+        // The listener is gone without a drain: nothing will ever close us.
+        std::future::pending::<()>().await;
     }
 }

@@ -3,12 +3,20 @@
 use tokio::io::AsyncWrite;
 
 use crate::backend::{BackendConnection, BackendError, ForwardError};
-use crate::metrics::RelayCounters;
-use crate::wire::Frame;
 
 pub enum RelayError {
     Client,
     Backend(BackendError),
+}
+
+/// How far a relay got, readable after it was interrupted.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Reply bytes have started to reach the client: the reply can no
+    /// longer be replaced by an error.
+    pub replying: bool,
+    pub to_client: u64,
+    pub replies: u64,
 }
 
 /// Sends the client's bytes unchanged; unless the request was fire-and-forget
@@ -18,27 +26,22 @@ pub enum RelayError {
 pub async fn relay<C: AsyncWrite + Unpin>(
     client: &mut C,
     backend: &mut BackendConnection,
-    request: &Frame,
+    request: &[u8],
     more_to_come: bool,
-    metrics: &RelayCounters,
+    progress: &mut Progress,
 ) -> Result<(), RelayError> {
-    backend
-        .send(&request.bytes)
-        .await
-        .map_err(RelayError::Backend)?;
-    metrics.to_backend_messages.inc();
-    metrics.to_backend_bytes.inc_by(request.bytes.len() as u64);
+    backend.send(request).await.map_err(RelayError::Backend)?;
     if more_to_come {
         return Ok(());
     }
     loop {
-        let reply = match backend.forward_reply(client).await {
+        let reply = match backend.forward_reply(client, &mut progress.replying).await {
             Ok(reply) => reply,
             Err(ForwardError::Backend(e)) => return Err(RelayError::Backend(e)),
             Err(ForwardError::Client(_)) => return Err(RelayError::Client),
         };
-        metrics.to_client_messages.inc();
-        metrics.to_client_bytes.inc_by(reply.bytes as u64);
+        progress.replies += 1;
+        progress.to_client += reply.bytes as u64;
         if !reply.more_to_come {
             return Ok(());
         }

@@ -8,11 +8,13 @@ pub mod frame;
 pub mod header;
 pub mod op_msg;
 pub mod op_query;
+pub mod request;
 
 pub use frame::{read_frame, Frame};
 pub use header::{MsgHeader, OpCode, HEADER_LEN};
 pub use op_msg::{OpMsg, OpMsgFlags, Section};
 pub use op_query::OpQuery;
+pub use request::{Command, Cursors, DecodeError, Op, Request};
 
 /// The default and usual server limit for one message (mongod's `maxMessageSizeBytes`).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 48_000_000;
@@ -46,6 +48,14 @@ pub enum WireError {
     InvalidCString(&'static str),
     #[error("document sequence identifier is not valid UTF-8")]
     InvalidIdentifier,
+    #[error("BSON field '{command}.{field}' is a duplicate field")]
+    DuplicateField { command: String, field: String },
+    #[error("BSON field '{command}.{field}' is the wrong type, expected type '{expected}'")]
+    FieldType {
+        command: String,
+        field: String,
+        expected: &'static str,
+    },
     #[error("unsupported opcode {0}")]
     UnsupportedOpCode(i32),
     #[error("the peer closed the connection in the middle of a message")]
@@ -69,6 +79,8 @@ impl WireError {
             WireError::InvalidBson { .. } => "invalid_bson",
             WireError::InvalidCString(_) => "invalid_cstring",
             WireError::InvalidIdentifier => "invalid_identifier",
+            WireError::DuplicateField { .. } => "duplicate_field",
+            WireError::FieldType { .. } => "field_type",
             WireError::UnsupportedOpCode(_) => "unsupported_opcode",
             WireError::UnexpectedEof => "unexpected_eof",
             WireError::Io(_) => "io",

@@ -1,0 +1,166 @@
+//! One runtime built from the config, and the process state sessions share.
+//!
+//! [`Runtime::build`] turns a [`Config`] into the live parts — TLS acceptor,
+//! identity-provider registry, grants, backend, limits — and is the only
+//! place that does. `check`, start-up and reload all call it, so `check`
+//! refuses exactly what start-up refuses and a reload refuses exactly what a
+//! restart would. A built runtime is immutable: a reload builds a new one and
+//! swaps it in whole ([`Shared::runtime`]); sessions read the current one
+//! per message.
+
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::IdpRegistry;
+use crate::authz::{Grants, Secrets};
+use crate::backend::Backend;
+use crate::config::{Config, ConfigError, LimitsConfig};
+use crate::session::events::Sinks;
+
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// The live parts of one config. Immutable once built.
+pub struct Runtime {
+    /// Distinct for every build: sessions compare it to notice a reload.
+    pub version: u64,
+    pub config: Config,
+    pub tls: TlsAcceptor,
+    pub registry: Arc<IdpRegistry>,
+    pub grants: Arc<Grants>,
+    pub backend: Arc<Backend>,
+    pub limits: LimitsConfig,
+    pub drain: Duration,
+}
+
+impl Runtime {
+    /// Builds every part, doing no network I/O; `previous` is the running
+    /// runtime on reload, whose unchanged backend and JWKS caches are kept.
+    pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, ConfigError> {
+        let tls = TlsAcceptor::from(
+            crate::tls::server_config(&config.listen).map_err(|e| split_error(&e.to_string()))?,
+        );
+        let registry = Arc::new(IdpRegistry::rebuild(
+            &config.identity_provider,
+            previous.map(|p| p.registry.as_ref()),
+        )?);
+        let grants = Arc::new(Grants::from_config(&config.grant, Secrets::Resolve)?);
+        let backend = match previous {
+            Some(p) if p.config.backend == config.backend => p.backend.clone(),
+            _ => Arc::new(
+                Backend::new(&config.backend).map_err(|e| split_error(&e.to_string()))?,
+            ),
+        };
+        Ok(Runtime {
+            version: VERSIONS.fetch_add(1, Ordering::Relaxed),
+            limits: config.limits.clone(),
+            drain: Duration::from_secs(config.shutdown.drain_secs),
+            config,
+            tls,
+            registry,
+            grants,
+            backend,
+        })
+    }
+
+    /// What a reload may not change: the sockets already bound.
+    pub fn check_reloadable(&self, new: &Config) -> Result<(), ConfigError> {
+        if new.listen.address != self.config.listen.address {
+            return Err(ConfigError::new(
+                "listen.address",
+                format!(
+                    "cannot change on reload (listening on {}); restart the proxy to listen on {}",
+                    self.config.listen.address, new.listen.address
+                ),
+            ));
+        }
+        let metrics = |c: &Config| c.metrics.as_ref().map(|m| m.address);
+        if metrics(new) != metrics(&self.config) {
+            return Err(ConfigError::new(
+                "metrics.address",
+                "cannot change on reload; restart the proxy to serve metrics elsewhere",
+            ));
+        }
+        Ok(())
+    }
+
+    /// One line saying what a reload to `new` changes.
+    pub fn changes(&self, new: &Runtime) -> String {
+        let (old, cfg) = (&self.config, &new.config);
+        let key = |i: &crate::config::IdentityProviderConfig| (i.issuer.clone(), i.audience.clone());
+        let old_idps: Vec<_> = old.identity_provider.iter().collect();
+        let mut parts = vec!["TLS certificate and key re-read".to_string()];
+        for idp in &cfg.identity_provider {
+            match old_idps.iter().find(|o| key(o) == key(idp)) {
+                None => parts.push(format!("identity provider {} added", idp.issuer)),
+                Some(o) if *o != idp => parts.push(format!("identity provider {} changed", idp.issuer)),
+                Some(_) => {}
+            }
+        }
+        for o in &old.identity_provider {
+            if !cfg.identity_provider.iter().any(|n| key(n) == key(o)) {
+                parts.push(format!("identity provider {} removed", o.issuer));
+            }
+        }
+        parts.push(format!("{} grant(s), was {}", cfg.grant.len(), old.grant.len()));
+        if old.backend != cfg.backend {
+            parts.push("backend changed (open sessions keep their connection)".into());
+        }
+        if old.limits != cfg.limits {
+            parts.push("limits changed".into());
+        }
+        if old.shutdown != cfg.shutdown {
+            parts.push("shutdown changed".into());
+        }
+        parts.join("; ")
+    }
+}
+
+/// `"field: message"` back into its parts, for errors that carry their field
+/// in their text.
+fn split_error(text: &str) -> ConfigError {
+    match text.split_once(": ") {
+        Some((field, message)) => ConfigError::new(field, message),
+        None => ConfigError::new("config", text),
+    }
+}
+
+/// Where the process is in its life; sessions watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Serving,
+    /// SIGTERM: hello answers 91, open connections are still served.
+    Draining,
+    /// The drain period is over: interrupt what runs (11600) and close.
+    Closing,
+}
+
+/// What every session shares with the listener.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub sinks: Sinks,
+    pub stage: watch::Receiver<Stage>,
+    /// Returned as `serviceId` to load-balanced clients.
+    pub service_id: bson::oid::ObjectId,
+    next_connection_id: AtomicI32,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime, sinks: Sinks, stage: watch::Receiver<Stage>) -> Shared {
+        Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            sinks,
+            stage,
+            service_id: bson::oid::ObjectId::new(),
+            next_connection_id: AtomicI32::new(1),
+        }
+    }
+
+    pub fn next_connection_id(&self) -> i32 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
