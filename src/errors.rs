@@ -65,7 +65,10 @@ impl MongoError {
     /// Shutdown, state-change and network-class errors the proxy sends
     /// itself; mongod and mongos label them retryable on retryable writes.
     pub fn is_retryable_class(&self) -> bool {
-        matches!(self.code, 6 | 7 | 89 | 91 | 189 | 11600 | 11602 | 10107 | 13435 | 13436)
+        matches!(
+            self.code,
+            6 | 7 | 89 | 91 | 189 | 11600 | 11602 | 10107 | 13435 | 13436
+        )
     }
 
     /// Adds `RetryableWriteError` when `retryable_write` and the code is of

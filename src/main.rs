@@ -88,7 +88,11 @@ fn main() -> ExitCode {
                 format_override.unwrap_or_default(),
                 cli.log_level.as_deref(),
             );
-            block_on(async move { mongo_oidc_proxy::demo::run(args).await.map_err(Failure::Other) })
+            block_on(async move {
+                mongo_oidc_proxy::demo::run(args)
+                    .await
+                    .map_err(Failure::Other)
+            })
         }
         None => {
             let Some(path) = cli.config else {

@@ -51,9 +51,7 @@ impl Runtime {
         let grants = Arc::new(Grants::from_config(&config.grant, Secrets::Resolve)?);
         let backend = match previous {
             Some(p) if p.config.backend == config.backend => p.backend.clone(),
-            _ => Arc::new(
-                Backend::new(&config.backend).map_err(|e| split_error(&e.to_string()))?,
-            ),
+            _ => Arc::new(Backend::new(&config.backend).map_err(|e| split_error(&e.to_string()))?),
         };
         Ok(Runtime {
             version: VERSIONS.fetch_add(1, Ordering::Relaxed),
@@ -91,13 +89,16 @@ impl Runtime {
     /// One line saying what a reload to `new` changes.
     pub fn changes(&self, new: &Runtime) -> String {
         let (old, cfg) = (&self.config, &new.config);
-        let key = |i: &crate::config::IdentityProviderConfig| (i.issuer.clone(), i.audience.clone());
+        let key =
+            |i: &crate::config::IdentityProviderConfig| (i.issuer.clone(), i.audience.clone());
         let old_idps: Vec<_> = old.identity_provider.iter().collect();
         let mut parts = vec!["TLS certificate and key re-read".to_string()];
         for idp in &cfg.identity_provider {
             match old_idps.iter().find(|o| key(o) == key(idp)) {
                 None => parts.push(format!("identity provider {} added", idp.issuer)),
-                Some(o) if *o != idp => parts.push(format!("identity provider {} changed", idp.issuer)),
+                Some(o) if *o != idp => {
+                    parts.push(format!("identity provider {} changed", idp.issuer))
+                }
                 Some(_) => {}
             }
         }
@@ -106,7 +107,11 @@ impl Runtime {
                 parts.push(format!("identity provider {} removed", o.issuer));
             }
         }
-        parts.push(format!("{} grant(s), was {}", cfg.grant.len(), old.grant.len()));
+        parts.push(format!(
+            "{} grant(s), was {}",
+            cfg.grant.len(),
+            old.grant.len()
+        ));
         if old.backend != cfg.backend {
             parts.push("backend changed (open sessions keep their connection)".into());
         }

@@ -65,7 +65,10 @@ impl Running {
     /// period, then interrupt what still runs and close everything.
     pub async fn drain(self) {
         let drain = self.shared.runtime.load().drain;
-        info!(drain_secs = drain.as_secs(), "draining: no new connections; hello answers ShutdownInProgress (91)");
+        info!(
+            drain_secs = drain.as_secs(),
+            "draining: no new connections; hello answers ShutdownInProgress (91)"
+        );
         self.metrics.set_ready(false);
         let _ = self.stage.send(Stage::Draining);
         let mut task = self.task;
@@ -98,8 +101,12 @@ impl Running {
         };
         self.metrics.count_reload(result.is_ok());
         match &result {
-            Ok(r) => info!(config = %path.display(), changes = %r.changes, "configuration reloaded"),
-            Err(e) => warn!(config = %path.display(), error = %e, "configuration reload refused; the running configuration keeps serving"),
+            Ok(r) => {
+                info!(config = %path.display(), changes = %r.changes, "configuration reloaded")
+            }
+            Err(e) => {
+                warn!(config = %path.display(), error = %e, "configuration reload refused; the running configuration keeps serving")
+            }
         }
         result
     }
@@ -155,7 +162,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     runtime.registry.load_all().await;
     metrics.stamp_config_loaded();
     let (stage, stage_rx) = watch::channel(Stage::Serving);
-    let sinks = Sinks::new(vec![Arc::new(MetricsSink(metrics.clone())), Arc::new(LogSink)]);
+    let sinks = Sinks::new(vec![
+        Arc::new(MetricsSink(metrics.clone())),
+        Arc::new(LogSink),
+    ]);
     let shared = Arc::new(Shared::new(runtime, sinks, stage_rx));
     spawn_readiness_probe(shared.clone(), metrics.clone());
     let task = tokio::spawn(accept_loop(listener, shared.clone(), metrics.clone()));
@@ -262,7 +272,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Me
     }
     let all_ended = async { while sessions.join_next().await.is_some() {} };
     if tokio::time::timeout(CLOSE_GRACE, all_ended).await.is_err() {
-        warn!(open = sessions.len(), "closing sessions that did not end after the drain");
+        warn!(
+            open = sessions.len(),
+            "closing sessions that did not end after the drain"
+        );
         sessions.abort_all();
     }
 }
@@ -285,12 +298,18 @@ async fn serve_connection(
     let stream = match tokio::time::timeout(deadline, rt.tls.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            metrics.connections_rejected.with_label_values(&["tls_handshake"]).inc();
+            metrics
+                .connections_rejected
+                .with_label_values(&["tls_handshake"])
+                .inc();
             info!(%peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            metrics.connections_rejected.with_label_values(&["tls_timeout"]).inc();
+            metrics
+                .connections_rejected
+                .with_label_values(&["tls_timeout"])
+                .inc();
             info!(%peer, "TLS handshake timed out");
             return;
         }

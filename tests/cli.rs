@@ -137,7 +137,8 @@ fn running_needs_a_config_and_refuses_unreadable_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "okta");
     let out = proxy(&["--config", &cfg], &[("MOP_CLI_TEST_PASSWORD", "pw")]);
-    assert_eq!(out.status.code(), Some(1));
+    // A refused config exits 2, as `check` does.
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
         err.contains("listen.tls_cert: cannot read") && err.contains("certs/server.pem"),

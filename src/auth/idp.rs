@@ -136,9 +136,14 @@ impl IdpRegistry {
 
     /// The cache an IdP config may keep from this registry.
     fn cache_for(&self, c: &IdentityProviderConfig) -> Option<&Arc<JwksCache>> {
-        self.caches
-            .iter()
-            .find(|cache| cache.serves(&c.issuer, c.jwks_uri.as_deref(), c.jwks_min_quiesce_secs, c.jwks_poll_secs))
+        self.caches.iter().find(|cache| {
+            cache.serves(
+                &c.issuer,
+                c.jwks_uri.as_deref(),
+                c.jwks_min_quiesce_secs,
+                c.jwks_poll_secs,
+            )
+        })
     }
 
     /// The fingerprint of IdP `idp`'s config.

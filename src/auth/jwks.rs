@@ -391,7 +391,13 @@ impl JwksCache {
     }
 
     /// Whether a reloaded IdP config may keep this cache.
-    pub fn serves(&self, issuer: &str, jwks_uri: Option<&str>, quiesce_secs: u64, poll_secs: u64) -> bool {
+    pub fn serves(
+        &self,
+        issuer: &str,
+        jwks_uri: Option<&str>,
+        quiesce_secs: u64,
+        poll_secs: u64,
+    ) -> bool {
         let source = match jwks_uri {
             Some(uri) => JwksSource::Uri(uri.to_owned()),
             None => JwksSource::Discovery,

@@ -59,7 +59,10 @@ pub enum ClientStep<'a> {
 pub enum StepOutcome {
     /// Step 1 of the human flow: the IdP document for the client, `done:
     /// false`, and what step 2 is checked against.
-    Challenge { reply: RawDocumentBuf, pending: Pending },
+    Challenge {
+        reply: RawDocumentBuf,
+        pending: Pending,
+    },
     /// The token was verified, `done: true`.
     Authenticated(Identity),
 }

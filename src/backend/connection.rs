@@ -724,7 +724,10 @@ mod tests {
         // Closed before any byte.
         let addr = serve_raw(Vec::new()).await;
         let mut conn = connect_to(addr).await;
-        let err = conn.forward_reply(&mut Vec::new(), &mut false).await.unwrap_err();
+        let err = conn
+            .forward_reply(&mut Vec::new(), &mut false)
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, ForwardError::Backend(BackendError::Closed { .. })),
             "{err:?}"

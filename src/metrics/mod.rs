@@ -26,7 +26,11 @@ const EXPIRIES: [Expiry; 5] = [
     Expiry::IdpRemoved,
     Expiry::GrantChanged,
 ];
-const STAGES: [BackendStage; 3] = [BackendStage::Probe, BackendStage::Connect, BackendStage::Relay];
+const STAGES: [BackendStage; 3] = [
+    BackendStage::Probe,
+    BackendStage::Connect,
+    BackendStage::Relay,
+];
 
 /// Every metric the proxy exports, registered in its own registry.
 pub struct Metrics {
@@ -203,7 +207,9 @@ impl Metrics {
                 );
                 let mut labels = vec!["local", "relayed"];
                 labels.extend(Refused::ALL.map(Refused::label));
-                std::array::from_fn(|i| vec.with_label_values(&[labels.get(i).copied().unwrap_or("other")]))
+                std::array::from_fn(|i| {
+                    vec.with_label_values(&[labels.get(i).copied().unwrap_or("other")])
+                })
             },
             closed: CloseReason::ALL.map(|c| closed.with_label_values(&[c.label()])),
             wire_errors: counter_vec(
@@ -246,19 +252,31 @@ impl Metrics {
     }
 
     pub fn count_closed(&self, reason: CloseReason) {
-        if let Some(c) = CloseReason::ALL.iter().position(|r| *r == reason).and_then(|i| self.closed.get(i)) {
+        if let Some(c) = CloseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.closed.get(i))
+        {
             c.inc();
         }
     }
 
     pub fn count_expired(&self, why: Expiry) {
-        if let Some(c) = EXPIRIES.iter().position(|e| *e == why).and_then(|i| self.sessions_expired.get(i)) {
+        if let Some(c) = EXPIRIES
+            .iter()
+            .position(|e| *e == why)
+            .and_then(|i| self.sessions_expired.get(i))
+        {
             c.inc();
         }
     }
 
     pub fn count_backend_error(&self, stage: BackendStage) {
-        if let Some(c) = STAGES.iter().position(|s| *s == stage).and_then(|i| self.backend_errors_by_stage.get(i)) {
+        if let Some(c) = STAGES
+            .iter()
+            .position(|s| *s == stage)
+            .and_then(|i| self.backend_errors_by_stage.get(i))
+        {
             c.inc();
         }
     }
@@ -268,7 +286,9 @@ impl Metrics {
     }
 
     pub fn count_auth_failure(&self, reason: &str) {
-        self.auth_attempts.with_label_values(&["failure", reason]).inc();
+        self.auth_attempts
+            .with_label_values(&["failure", reason])
+            .inc();
     }
 
     /// A reload's outcome; a success also stamps the last-success time.

@@ -72,12 +72,17 @@ pub enum Local {
 pub enum Action {
     /// Answer `hello`/`isMaster`; `speculative` allows a
     /// `speculativeAuthenticate` in it to sign the connection in.
-    Hello { speculative: bool },
+    Hello {
+        speculative: bool,
+    },
     SaslStart,
     SaslContinue,
     Local(Local),
     /// Answer with this error (unless the client asked for no reply).
-    Refuse { error: MongoError, reason: Refused },
+    Refuse {
+        error: MongoError,
+        reason: Refused,
+    },
     /// Forward to the backend as the session's backend identity.
     Relay,
     /// Nothing can be answered: close the connection.
@@ -141,9 +146,7 @@ fn hello(phase: &Phase, inputs: Inputs) -> Action {
         // mongos's quiesce mode: drivers mark this proxy unknown and route
         // new operations to the other proxies in their URI.
         return refuse(
-            MongoError::shutdown_in_progress(
-                "The server is in quiesce mode and will shut down",
-            ),
+            MongoError::shutdown_in_progress("The server is in quiesce mode and will shut down"),
             Refused::Draining,
         );
     }
@@ -340,10 +343,7 @@ mod tests {
             ),
             ("signed in", signed_in(granted(), None)),
             ("no grant", signed_in(Access::Refused, None)),
-            (
-                "expired",
-                signed_in(granted(), Some(Expiry::TokenExpired)),
-            ),
+            ("expired", signed_in(granted(), Some(Expiry::TokenExpired))),
         ]
     }
 
@@ -383,17 +383,36 @@ mod tests {
                 Action::Hello { speculative },
                 "{what}"
             );
-            assert_eq!(decide_doc(rawdoc! { "ping": 1 }, &phase), Action::Local(Local::Ping), "{what}");
-            assert_eq!(decide_doc(rawdoc! { "buildinfo": 1 }, &phase), Action::Local(Local::BuildInfo));
-            assert_eq!(decide_doc(rawdoc! { "connectionStatus": 1 }, &phase), Action::Local(Local::ConnectionStatus));
-            assert_eq!(decide_doc(rawdoc! { "saslStart": 1 }, &phase), Action::SaslStart);
-            assert_eq!(decide_doc(rawdoc! { "saslContinue": 1 }, &phase), Action::SaslContinue);
+            assert_eq!(
+                decide_doc(rawdoc! { "ping": 1 }, &phase),
+                Action::Local(Local::Ping),
+                "{what}"
+            );
+            assert_eq!(
+                decide_doc(rawdoc! { "buildinfo": 1 }, &phase),
+                Action::Local(Local::BuildInfo)
+            );
+            assert_eq!(
+                decide_doc(rawdoc! { "connectionStatus": 1 }, &phase),
+                Action::Local(Local::ConnectionStatus)
+            );
+            assert_eq!(
+                decide_doc(rawdoc! { "saslStart": 1 }, &phase),
+                Action::SaslStart
+            );
+            assert_eq!(
+                decide_doc(rawdoc! { "saslContinue": 1 }, &phase),
+                Action::SaslContinue
+            );
             assert_eq!(
                 refusal(&decide_doc(rawdoc! { "logout": 1 }, &phase)),
                 Some((115, Refused::Unsupported))
             );
             assert_eq!(
-                refusal(&decide_doc(rawdoc! { "authenticate": 1, "mechanism": "MONGODB-X509" }, &phase)),
+                refusal(&decide_doc(
+                    rawdoc! { "authenticate": 1, "mechanism": "MONGODB-X509" },
+                    &phase
+                )),
                 Some((334, Refused::Unsupported))
             );
         }
@@ -421,7 +440,9 @@ mod tests {
             panic!()
         };
         assert_eq!(error.errmsg, "Command find requires authentication");
-        let Action::Refuse { error, .. } = decide_doc(find(), &signed_in(granted(), Some(Expiry::KeyWithdrawn))) else {
+        let Action::Refuse { error, .. } =
+            decide_doc(find(), &signed_in(granted(), Some(Expiry::KeyWithdrawn)))
+        else {
             panic!()
         };
         assert_eq!(
@@ -433,19 +454,31 @@ mod tests {
     #[test]
     fn end_sessions_is_answered_only_before_sign_in() {
         let end = || rawdoc! { "endSessions": [], "$db": "admin" };
-        assert_eq!(decide_doc(end(), &Phase::Anonymous), Action::Local(Local::EndSessions));
-        assert_eq!(decide_doc(end(), &signed_in(granted(), None)), Action::Relay);
+        assert_eq!(
+            decide_doc(end(), &Phase::Anonymous),
+            Action::Local(Local::EndSessions)
+        );
+        assert_eq!(
+            decide_doc(end(), &signed_in(granted(), None)),
+            Action::Relay
+        );
     }
 
     #[test]
     fn a_reauthentication_in_progress_keeps_the_previous_sign_in() {
         let previous = sign_in(&Phase::Anonymous, verified("alice", granted())).unwrap();
         let phase = Phase::Authenticating {
-            pending: Pending { idp: 0, hint: Some("alice".into()) },
+            pending: Pending {
+                idp: 0,
+                hint: Some("alice".into()),
+            },
             previous: Some(Box::new(previous)),
         };
         assert_eq!(decide_doc(rawdoc! { "find": "c" }, &phase), Action::Relay);
-        assert_eq!(decide_doc(rawdoc! { "hello": 1 }, &phase), Action::Hello { speculative: false });
+        assert_eq!(
+            decide_doc(rawdoc! { "hello": 1 }, &phase),
+            Action::Hello { speculative: false }
+        );
     }
 
     #[test]
@@ -454,27 +487,41 @@ mod tests {
             let a = decide_bytes(&op_msg(rawdoc! { "hello": 1 }), &phase, DRAINING);
             assert_eq!(refusal(&a), Some((91, Refused::Draining)), "{what}");
             let legacy = encode_query(1, "admin.$cmd", &rawdoc! { "ismaster": 1 });
-            assert_eq!(refusal(&decide_bytes(&legacy, &phase, DRAINING)), Some((91, Refused::Draining)));
+            assert_eq!(
+                refusal(&decide_bytes(&legacy, &phase, DRAINING)),
+                Some((91, Refused::Draining))
+            );
         }
         let phase = signed_in(granted(), None);
         let insert = op_msg(rawdoc! { "insert": "c", "documents": [], "$db": "app" });
         assert_eq!(decide_bytes(&insert, &phase, DRAINING), Action::Relay);
-        assert_eq!(decide_bytes(&op_msg(rawdoc! { "ping": 1 }), &phase, DRAINING), Action::Local(Local::Ping));
+        assert_eq!(
+            decide_bytes(&op_msg(rawdoc! { "ping": 1 }), &phase, DRAINING),
+            Action::Local(Local::Ping)
+        );
     }
 
     #[test]
     fn op_query_only_for_the_handshake() {
         let phase = signed_in(granted(), None);
         let hello = encode_query(1, "admin.$cmd", &rawdoc! { "isMaster": 1 });
-        assert_eq!(decide_bytes(&hello, &Phase::Anonymous, SERVING), Action::Hello { speculative: true });
+        assert_eq!(
+            decide_bytes(&hello, &Phase::Anonymous, SERVING),
+            Action::Hello { speculative: true }
+        );
         let find = encode_query(1, "app.$cmd", &rawdoc! { "find": "c" });
         let Action::Refuse { error, reason } = decide_bytes(&find, &phase, SERVING) else {
             panic!()
         };
         assert_eq!((error.code, reason), (352, Refused::OpQuery));
-        assert!(error.errmsg.starts_with("Unsupported OP_QUERY command: find."));
+        assert!(error
+            .errmsg
+            .starts_with("Unsupported OP_QUERY command: find."));
         let legacy_find = encode_query(1, "app.things", &rawdoc! { "x": 1 });
-        assert_eq!(refusal(&decide_bytes(&legacy_find, &phase, SERVING)), Some((352, Refused::OpQuery)));
+        assert_eq!(
+            refusal(&decide_bytes(&legacy_find, &phase, SERVING)),
+            Some((352, Refused::OpQuery))
+        );
     }
 
     #[test]
@@ -491,7 +538,11 @@ mod tests {
         compressed.extend_from_slice(&2013i32.to_le_bytes());
         finish_message(&mut compressed, at);
         assert_eq!(
-            refusal(&decide_bytes(&compressed, &signed_in(granted(), None), SERVING)),
+            refusal(&decide_bytes(
+                &compressed,
+                &signed_in(granted(), None),
+                SERVING
+            )),
             Some((238, Refused::Compressed))
         );
     }
@@ -499,22 +550,36 @@ mod tests {
     #[test]
     fn malformed_messages() {
         let dup = op_msg(rawdoc! { "find": "c", "$db": "app", "$db": "admin" });
-        let Action::Refuse { error, reason } = decide_bytes(&dup, &signed_in(granted(), None), SERVING) else {
+        let Action::Refuse { error, reason } =
+            decide_bytes(&dup, &signed_in(granted(), None), SERVING)
+        else {
             panic!()
         };
-        assert_eq!((error.code, error.code_name, reason), (40413, "IDLDuplicateField", Refused::Malformed));
+        assert_eq!(
+            (error.code, error.code_name, reason),
+            (40413, "IDLDuplicateField", Refused::Malformed)
+        );
         assert_eq!(error.errmsg, "BSON field 'find.$db' is a duplicate field");
         let empty = op_msg(rawdoc! {});
-        assert_eq!(refusal(&decide_bytes(&empty, &Phase::Anonymous, SERVING)), Some((22, Refused::Malformed)));
+        assert_eq!(
+            refusal(&decide_bytes(&empty, &Phase::Anonymous, SERVING)),
+            Some((22, Refused::Malformed))
+        );
         let fire_and_forget = encode(1, 0, OpMsgFlags::MORE_TO_COME, &rawdoc! {});
         assert_eq!(
             decide_bytes(&fire_and_forget, &Phase::Anonymous, SERVING),
             Action::Close(CloseReason::MalformedMessage)
         );
         let reserved = encode(1, 0, 1 << 4, &rawdoc! { "ping": 1 });
-        assert_eq!(refusal(&decide_bytes(&reserved, &Phase::Anonymous, SERVING)), Some((17, Refused::Malformed)));
+        assert_eq!(
+            refusal(&decide_bytes(&reserved, &Phase::Anonymous, SERVING)),
+            Some((17, Refused::Malformed))
+        );
         let wrong_type = op_msg(rawdoc! { "find": "c", "lsid": 5 });
-        assert_eq!(refusal(&decide_bytes(&wrong_type, &Phase::Anonymous, SERVING)), Some((14, Refused::Malformed)));
+        assert_eq!(
+            refusal(&decide_bytes(&wrong_type, &Phase::Anonymous, SERVING)),
+            Some((14, Refused::Malformed))
+        );
     }
 
     #[test]
@@ -543,12 +608,20 @@ mod tests {
         assert!(again.expired.is_none());
         assert!(matches!(again.access, Access::Refused));
         let after = Phase::SignedIn(Box::new(again));
-        assert_eq!(refusal(&decide_doc(rawdoc! { "find": "c" }, &after)), Some((13, Refused::NoGrant)));
+        assert_eq!(
+            refusal(&decide_doc(rawdoc! { "find": "c" }, &after)),
+            Some((13, Refused::NoGrant))
+        );
         // A human-flow re-authentication is checked against the previous user too.
         let reauth = Phase::Authenticating {
             pending: Pending { idp: 0, hint: None },
             previous: Some(Box::new(first)),
         };
-        assert_eq!(sign_in(&reauth, verified("bob", granted())).unwrap_err().code, 5626701);
+        assert_eq!(
+            sign_in(&reauth, verified("bob", granted()))
+                .unwrap_err()
+                .code,
+            5626701
+        );
     }
 }

@@ -144,14 +144,18 @@ impl Sink for LogSink {
                 db,
                 code,
                 reason,
-            } => tracing::debug!(conn = conn_id, command = %name, db = ?db, code, reason = reason.label(), "command refused"),
+            } => {
+                tracing::debug!(conn = conn_id, command = %name, db = ?db, code, reason = reason.label(), "command refused")
+            }
             Event::SignedIn {
                 session,
                 reauthenticated,
                 issuer,
             } => {
                 let (grant, backend_user) = match &session.access {
-                    Access::Granted { grant, backend, .. } => (Some(*grant), Some(backend.user.as_str())),
+                    Access::Granted { grant, backend, .. } => {
+                        (Some(*grant), Some(backend.user.as_str()))
+                    }
                     Access::Refused => (None, None),
                 };
                 let id = &session.identity;
@@ -170,18 +174,26 @@ impl Sink for LogSink {
                 reason = failure.reason(), flow = flow.label(), error = ?failure.to_string(), "authentication failed"),
             Event::ReauthenticationRefused { code } => tracing::warn!(conn = conn_id, %peer, code,
                 "re-authentication as another user refused"),
-            Event::Expired { user, why } => tracing::info!(conn = conn_id, user = %user, why = why.label(),
-                "sign-in no longer holds; commands get ReauthenticationRequired (391) until the client re-authenticates"),
-            Event::WireError { kind, detail } => tracing::warn!(conn = conn_id, %peer, kind, error = %detail, "bad message from client"),
-            Event::Backend { stage, error } => tracing::warn!(conn = conn_id, stage = stage.label(), error = %error, "backend error"),
+            Event::Expired { user, why } => {
+                tracing::info!(conn = conn_id, user = %user, why = why.label(),
+                "sign-in no longer holds; commands get ReauthenticationRequired (391) until the client re-authenticates")
+            }
+            Event::WireError { kind, detail } => {
+                tracing::warn!(conn = conn_id, %peer, kind, error = %detail, "bad message from client")
+            }
+            Event::Backend { stage, error } => {
+                tracing::warn!(conn = conn_id, stage = stage.label(), error = %error, "backend error")
+            }
             Event::SessionEnded {
                 reason,
                 counts,
                 duration,
                 user,
-            } => tracing::debug!(conn = conn_id, reason = reason.label(), commands = counts.commands,
+            } => {
+                tracing::debug!(conn = conn_id, reason = reason.label(), commands = counts.commands,
                 bytes_in = counts.bytes_from_client, bytes_out = counts.bytes_to_client,
-                seconds = duration.as_secs_f64(), user = ?user, "session ended"),
+                seconds = duration.as_secs_f64(), user = ?user, "session ended")
+            }
             Event::BackendConnected { .. } | Event::AuthStep { .. } | Event::Relayed { .. } => {}
         }
     }

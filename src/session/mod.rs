@@ -40,8 +40,8 @@ use crate::runtime::{Runtime, Shared, Stage};
 use crate::wire::{self, DecodeError, Frame, Op, OpCode, Request};
 
 pub use decide::{Action, Inputs, Local, Refused};
-pub use events::{ConnInfo, Counts, Disposition, Event};
 use events::BackendStage;
+pub use events::{ConnInfo, Counts, Disposition, Event};
 use phase::{Access, Flow, Phase, Policy};
 
 /// Drivers' human-flow callback timeout (300 s) plus a margin.
@@ -134,7 +134,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             .write_all(&bytes)
             .await
             .map_err(|_| CloseReason::ClientIo)?;
-        self.stream.flush().await.map_err(|_| CloseReason::ClientIo)?;
+        self.stream
+            .flush()
+            .await
+            .map_err(|_| CloseReason::ClientIo)?;
         Ok(bytes.len() as u64)
     }
 
@@ -210,11 +213,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn serve(&mut self) -> CloseReason {
         loop {
-            let rt = self.shared.runtime.load_full();
-            let frame = match self.next_frame(&rt).await {
+            let frame = match self.next_frame().await {
                 Ok(frame) => frame,
                 Err(reason) => return reason,
             };
+            // The runtime current when the message arrived, not when the
+            // wait for it began: a reload may have happened in between.
+            let rt = self.shared.runtime.load_full();
             self.counts.bytes_from_client += frame.bytes.len() as u64;
             self.counts.commands += 1;
             self.resolve_phase(&rt);
@@ -238,15 +243,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Reads the next message; before sign-in silence is bounded, and the
     /// end of a drain interrupts the wait.
-    async fn next_frame(&mut self, rt: &Runtime) -> Result<Frame, CloseReason> {
-        let max = rt.limits.max_message_size;
+    async fn next_frame(&mut self) -> Result<Frame, CloseReason> {
+        let (max, auth_timeout) = {
+            let limits = &self.shared.runtime.load().limits;
+            (
+                limits.max_message_size,
+                Duration::from_secs(limits.auth_timeout_secs),
+            )
+        };
         let idle = match &self.phase {
             // Between the two steps of the human flow a person signs in at
             // the IdP; drivers give that callback five minutes.
-            Phase::Authenticating { .. } => {
-                Some(Duration::from_secs(rt.limits.auth_timeout_secs).max(HUMAN_FLOW_TIMEOUT))
-            }
-            Phase::Anonymous => Some(Duration::from_secs(rt.limits.auth_timeout_secs)),
+            Phase::Authenticating { .. } => Some(auth_timeout.max(HUMAN_FLOW_TIMEOUT)),
+            Phase::Anonymous => Some(auth_timeout),
             Phase::SignedIn(_) => None,
         };
         let read = wire::read_frame(&mut self.client.stream, &mut self.client.read_buf, max);
@@ -382,7 +391,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ),
             Local::BuildInfo => match rt.backend.server_info().await {
                 Ok(info) => commands::build_info(&info),
-                Err(e) => self.backend_unavailable(BackendStage::Probe, &e).to_document(),
+                Err(e) => self
+                    .backend_unavailable(BackendStage::Probe, &e)
+                    .to_document(),
             },
         }
     }
@@ -391,7 +402,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// or auth source; the details go to the log and metrics.
     fn backend_unavailable(&self, stage: BackendStage, e: &BackendError) -> MongoError {
         self.emit(&Event::Backend { stage, error: e });
-        let text = if matches!(e, BackendError::AuthFailed { .. } | BackendError::Scram { .. }) {
+        let text = if matches!(
+            e,
+            BackendError::AuthFailed { .. } | BackendError::Scram { .. }
+        ) {
             "mongo-oidc-proxy cannot sign in to its backend as the granted user"
         } else {
             "mongo-oidc-proxy cannot reach its backend"
@@ -414,7 +428,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let info = match rt.backend.server_info().await {
             Ok(info) => info,
-            Err(e) => return self.backend_unavailable(BackendStage::Probe, &e).to_document(),
+            Err(e) => {
+                return self
+                    .backend_unavailable(BackendStage::Probe, &e)
+                    .to_document()
+            }
         };
         let spec = match hello.speculative {
             Some(spec) if speculative => self.speculative_authenticate(spec, rt).await,
@@ -440,7 +458,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let db = spec.get_str("db").ok()?;
         let start = oidc::parse_sasl_start(spec, db).ok()?;
         let encoding = start.payload.encoding;
-        let step = self.sasl_step(&start.payload.bytes, None, Flow::Speculative, rt).await;
+        let step = self
+            .sasl_step(&start.payload.bytes, None, Flow::Speculative, rt)
+            .await;
         let (payload, done) = step.ok()?;
         Some(oidc::speculative_reply(payload.as_deref(), done, encoding))
     }
@@ -455,7 +475,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => return e.to_document(),
         };
         let encoding = start.payload.encoding;
-        match self.sasl_step(&start.payload.bytes, None, Flow::Machine, rt).await {
+        match self
+            .sasl_step(&start.payload.bytes, None, Flow::Machine, rt)
+            .await
+        {
             Ok((payload, done)) => oidc::step_reply(payload.as_deref(), done, encoding),
             Err(e) => e.to_document(),
         }
@@ -474,7 +497,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return e.to_document();
         }
         let encoding: PayloadEncoding = cont.payload.encoding;
-        match self.sasl_step(&cont.payload.bytes, pending, Flow::Human, rt).await {
+        match self
+            .sasl_step(&cont.payload.bytes, pending, Flow::Human, rt)
+            .await
+        {
             Ok((payload, done)) => oidc::step_reply(payload.as_deref(), done, encoding),
             Err(e) => e.to_document(),
         }
@@ -632,7 +658,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         rt: &Runtime,
     ) -> Result<(), MongoError> {
         let started = Instant::now();
-        match rt.backend.connect_as(&backend.user, &backend.password).await {
+        match rt
+            .backend
+            .connect_as(&backend.user, &backend.password)
+            .await
+        {
             Ok(connection) => {
                 self.emit(&Event::BackendConnected {
                     seconds: started.elapsed().as_secs_f64(),

@@ -92,14 +92,8 @@ impl Access {
         }
     }
 
-    fn same_as(&self, other: &Access) -> bool {
-        match (self, other) {
-            (Access::Refused, Access::Refused) => true,
-            (Access::Granted { backend: a, .. }, Access::Granted { backend: b, .. }) => {
-                a.user == b.user
-            }
-            _ => false,
-        }
+    fn is_granted(&self) -> bool {
+        matches!(self, Access::Granted { .. })
     }
 }
 
@@ -215,10 +209,13 @@ fn check(session: &mut SignedIn, policy: &Policy<'_>, peer: IpAddr, now: u64) ->
             peer,
             SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(now),
         ));
-        if !access.same_as(&session.access) {
+        // No grant matches any more, or one matches a session refused so
+        // far: decided afresh at re-authentication. A grant that still
+        // matches but names another backend user applies to new sign-ins;
+        // the open session keeps its backend identity and connection.
+        if access.is_granted() != session.access.is_granted() {
             return Some(Expiry::GrantChanged);
         }
-        session.access = access;
         session.runtime_version = policy.version;
     }
     if policy.registry.key_generation(session.identity.idp) != session.key_generation {
@@ -233,4 +230,240 @@ fn check(session: &mut SignedIn, policy: &Policy<'_>, peer: IpAddr, now: u64) ->
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{GrantConfig, IdentityProviderConfig};
+    use crate::session::decide::{self, Action, Inputs, Refused, Verified};
+    use crate::wire::Request;
+    use bson::rawdoc;
+
+    const NOW: u64 = 1_800_000_000;
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn idp(issuer: &str) -> IdentityProviderConfig {
+        toml::from_str(&format!(
+            "issuer = \"{issuer}\"\naudience = \"api://m\"\nauth_name_prefix = \"okta\"\nclient_id = \"c\""
+        ))
+        .unwrap()
+    }
+
+    fn grants(text: &str) -> Grants {
+        #[derive(serde::Deserialize)]
+        struct G {
+            grant: Vec<GrantConfig>,
+        }
+        let g: G = toml::from_str(text).unwrap();
+        Grants::from_config(&g.grant, crate::authz::Secrets::Skip).unwrap()
+    }
+
+    const RW: &str =
+        "[[grant]]\nrole = \"okta/dba\"\nbackend_user = \"rw\"\nbackend_password_env = \"X\"\n";
+    const RO: &str =
+        "[[grant]]\nrole = \"okta/dba\"\nbackend_user = \"ro\"\nbackend_password_env = \"X\"\n";
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+    }
+
+    struct World {
+        registry: IdpRegistry,
+        grants: Grants,
+        version: u64,
+    }
+
+    impl World {
+        fn new(issuers: &[&str], grants_text: &str, version: u64) -> World {
+            let configs: Vec<_> = issuers.iter().map(|i| idp(i)).collect();
+            World {
+                registry: IdpRegistry::new(&configs).unwrap(),
+                grants: grants(grants_text),
+                version,
+            }
+        }
+
+        fn policy(&self) -> Policy<'_> {
+            Policy {
+                version: self.version,
+                registry: &self.registry,
+                grants: &self.grants,
+            }
+        }
+
+        /// Signs alice (group dba) in under this world's rules, as the act step does.
+        fn sign_in(&self, phase: &Phase, exp: u64, now: u64) -> Result<Phase, i32> {
+            let identity = Identity {
+                idp: 0,
+                principal: "alice".into(),
+                user: "okta/alice".into(),
+                roles: vec!["okta/dba".into()],
+                expires_at: exp,
+                log_claims: vec![],
+            };
+            let access = Access::from_decision(self.grants.decide(&identity, PEER, at(now)));
+            let verified = Verified {
+                idp_fingerprint: self.registry.fingerprint(0).unwrap(),
+                key_generation: self.registry.key_generation(0),
+                identity,
+                flow: Flow::Machine,
+                access,
+                runtime_version: self.version,
+                at: at(now),
+            };
+            decide::sign_in(phase, verified)
+                .map(|s| Phase::SignedIn(Box::new(s)))
+                .map_err(|e| e.code)
+        }
+    }
+
+    fn find_outcome(phase: &Phase) -> Option<(i32, Refused)> {
+        let bytes = crate::wire::op_msg::encode(1, 0, 0, &rawdoc! { "find": "c", "$db": "app" });
+        let req = Request::decode(&bytes).unwrap();
+        match decide::decide(&req, phase, Inputs { draining: false }) {
+            Action::Relay => None,
+            Action::Refuse { error, reason } => Some((error.code, reason)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_token_past_its_exp_expires_the_session_once() {
+        let w = World::new(&["https://a.example"], RW, 1);
+        let mut phase = w.sign_in(&Phase::Anonymous, NOW + 60, NOW).unwrap();
+        assert_eq!(phase.resolve(&w.policy(), PEER, NOW + 59), None);
+        assert_eq!(find_outcome(&phase), None);
+        assert_eq!(
+            phase.resolve(&w.policy(), PEER, NOW + 60),
+            Some(Expiry::TokenExpired)
+        );
+        assert_eq!(
+            phase.resolve(&w.policy(), PEER, NOW + 61),
+            None,
+            "reported once"
+        );
+        assert_eq!(
+            find_outcome(&phase),
+            Some((391, Refused::ReauthenticationRequired))
+        );
+        // Same user with a fresh token: serving again.
+        let again = w.sign_in(&phase, NOW + 3600, NOW + 61).unwrap();
+        assert_eq!(find_outcome(&again), None);
+    }
+
+    #[test]
+    fn a_temporary_grant_ends_live_sessions_then_refuses_with_13() {
+        let expires = "2027-01-15T08:00:00Z";
+        let w = World::new(
+            &["https://a.example"],
+            &format!("{RW}expires = \"{expires}\"\n"),
+            1,
+        );
+        let end = humantime::parse_rfc3339(expires)
+            .unwrap()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut phase = w.sign_in(&Phase::Anonymous, end + 7200, end - 100).unwrap();
+        assert_eq!(phase.resolve(&w.policy(), PEER, end - 1), None);
+        assert_eq!(
+            phase.resolve(&w.policy(), PEER, end),
+            Some(Expiry::GrantExpired)
+        );
+        assert_eq!(
+            find_outcome(&phase),
+            Some((391, Refused::ReauthenticationRequired))
+        );
+        let after = w.sign_in(&phase, end + 7200, end + 1).unwrap();
+        assert_eq!(find_outcome(&after), Some((13, Refused::NoGrant)));
+    }
+
+    #[test]
+    fn a_reload_that_keeps_the_idp_and_grant_keeps_the_session() {
+        let w1 = World::new(&["https://a.example", "https://b.example"], RW, 1);
+        let mut phase = w1.sign_in(&Phase::Anonymous, NOW + 600, NOW).unwrap();
+        // The same IdP now sits second in the file.
+        let w2 = World::new(&["https://z.example", "https://a.example"], RW, 2);
+        assert_eq!(phase.resolve(&w2.policy(), PEER, NOW + 1), None);
+        let s = phase.signed_in().unwrap();
+        assert_eq!((s.identity.idp, s.runtime_version), (1, 2));
+        assert_eq!(find_outcome(&phase), None);
+    }
+
+    #[test]
+    fn reloads_that_remove_the_idp_or_the_matching_grant_end_the_session() {
+        let w1 = World::new(&["https://a.example"], RW, 1);
+        let signed = w1.sign_in(&Phase::Anonymous, NOW + 600, NOW).unwrap();
+
+        let mut phase = signed.clone();
+        let without = World::new(&["https://b.example"], RW, 2);
+        assert_eq!(
+            phase.resolve(&without.policy(), PEER, NOW),
+            Some(Expiry::IdpRemoved)
+        );
+        assert_eq!(
+            find_outcome(&phase),
+            Some((391, Refused::ReauthenticationRequired))
+        );
+
+        // A grant that now names another backend user: the open session
+        // continues as before, its re-authentication gets the new user.
+        let mut phase = signed.clone();
+        let read_only = World::new(&["https://a.example"], RO, 3);
+        assert_eq!(phase.resolve(&read_only.policy(), PEER, NOW), None);
+        let Some(Access::Granted { backend, .. }) = phase.signed_in().map(|s| &s.access) else {
+            panic!("granted")
+        };
+        assert_eq!(backend.user, "rw");
+        let again = read_only.sign_in(&phase, NOW + 600, NOW).unwrap();
+        let Some(Access::Granted { backend, .. }) = again.signed_in().map(|s| &s.access) else {
+            panic!("granted")
+        };
+        assert_eq!(backend.user, "ro");
+
+        let mut phase = signed;
+        let no_grant = World::new(
+            &["https://a.example"],
+            "[[grant]]\nrole = \"okta/other\"\nbackend_user = \"rw\"\nbackend_password_env = \"X\"\n",
+            4,
+        );
+        assert_eq!(
+            phase.resolve(&no_grant.policy(), PEER, NOW),
+            Some(Expiry::GrantChanged)
+        );
+        let again = no_grant.sign_in(&phase, NOW + 600, NOW).unwrap();
+        assert_eq!(find_outcome(&again), Some((13, Refused::NoGrant)));
+    }
+
+    #[test]
+    fn a_changed_idp_config_ends_its_sessions() {
+        let w1 = World::new(&["https://a.example"], RW, 1);
+        let mut phase = w1.sign_in(&Phase::Anonymous, NOW + 600, NOW).unwrap();
+        let mut changed = idp("https://a.example");
+        changed.principal_name = "email".into();
+        let w2 = World {
+            registry: IdpRegistry::new(&[changed]).unwrap(),
+            grants: grants(RW),
+            version: 2,
+        };
+        assert_eq!(
+            phase.resolve(&w2.policy(), PEER, NOW),
+            Some(Expiry::IdpRemoved)
+        );
+    }
+
+    #[test]
+    fn anonymous_phases_have_nothing_to_resolve() {
+        let w = World::new(&["https://a.example"], RW, 1);
+        let mut phase = Phase::Anonymous;
+        assert_eq!(phase.resolve(&w.policy(), PEER, NOW), None);
+        let mut phase = Phase::Authenticating {
+            pending: Pending { idp: 0, hint: None },
+            previous: None,
+        };
+        assert_eq!(phase.resolve(&w.policy(), PEER, NOW), None);
+        phase.abandon_conversation();
+        assert!(matches!(phase, Phase::Anonymous));
+    }
 }

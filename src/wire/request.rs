@@ -127,13 +127,12 @@ impl<'a> Request<'a> {
     /// Decodes a whole message (header included). The frame reader has
     /// already checked the declared length against the size limit.
     pub fn decode(bytes: &'a [u8]) -> Result<Request<'a>, DecodeError> {
-        let header =
-            MsgHeader::parse(bytes, usize::MAX).map_err(|error| DecodeError {
-                request_id: 0,
-                op: Op::Other(OpCode::Other(0)),
-                more_to_come: true,
-                error,
-            })?;
+        let header = MsgHeader::parse(bytes, usize::MAX).map_err(|error| DecodeError {
+            request_id: 0,
+            op: Op::Other(OpCode::Other(0)),
+            more_to_come: true,
+            error,
+        })?;
         let request_id = header.request_id;
         match header.op_code {
             OpCode::Msg => decode_msg(request_id, bytes),
@@ -348,10 +347,16 @@ mod tests {
         assert!(!req.more_to_come && req.exhaust_allowed);
         assert_eq!(req.bytes, bytes.as_slice(), "the original bytes are kept");
         let c = req.command.unwrap();
-        assert_eq!((c.name, c.target, c.db), ("insert", Some("things"), Some("app")));
+        assert_eq!(
+            (c.name, c.target, c.db),
+            ("insert", Some("things"), Some("app"))
+        );
         assert_eq!(c.lsid.unwrap().as_bytes(), lsid.as_bytes());
         assert_eq!(c.txn_number, Some(5));
-        assert_eq!((c.autocommit, c.start_transaction), (Some(false), Some(true)));
+        assert_eq!(
+            (c.autocommit, c.start_transaction),
+            (Some(false), Some(true))
+        );
         assert_eq!(c.cursors, Cursors::None);
         assert!(!c.is_retryable_write(), "inside a transaction");
     }
@@ -379,18 +384,45 @@ mod tests {
     #[test]
     fn refuses_repeated_security_relevant_fields() {
         let cases = [
-            (rawdoc! { "find": "a", "$db": "app", "$db": "admin" }, "find", "$db"),
-            (rawdoc! { "find": "a", "find": "b", "$db": "app" }, "find", "find"),
-            (rawdoc! { "ping": 1, "lsid": {}, "lsid": {}, "$db": "admin" }, "ping", "lsid"),
-            (rawdoc! { "insert": "a", "txnNumber": 1_i64, "txnNumber": 2_i64 }, "insert", "txnNumber"),
-            (rawdoc! { "insert": "a", "autocommit": false, "autocommit": true }, "insert", "autocommit"),
-            (rawdoc! { "killCursors": "a", "cursors": [1_i64], "cursors": [2_i64] }, "killCursors", "cursors"),
+            (
+                rawdoc! { "find": "a", "$db": "app", "$db": "admin" },
+                "find",
+                "$db",
+            ),
+            (
+                rawdoc! { "find": "a", "find": "b", "$db": "app" },
+                "find",
+                "find",
+            ),
+            (
+                rawdoc! { "ping": 1, "lsid": {}, "lsid": {}, "$db": "admin" },
+                "ping",
+                "lsid",
+            ),
+            (
+                rawdoc! { "insert": "a", "txnNumber": 1_i64, "txnNumber": 2_i64 },
+                "insert",
+                "txnNumber",
+            ),
+            (
+                rawdoc! { "insert": "a", "autocommit": false, "autocommit": true },
+                "insert",
+                "autocommit",
+            ),
+            (
+                rawdoc! { "killCursors": "a", "cursors": [1_i64], "cursors": [2_i64] },
+                "killCursors",
+                "cursors",
+            ),
         ];
         for (doc, command, field) in cases {
             let e = decode_err(&msg(0, &doc));
             assert_eq!(
                 e.error,
-                WireError::DuplicateField { command: command.into(), field: field.into() }
+                WireError::DuplicateField {
+                    command: command.into(),
+                    field: field.into()
+                }
             );
             assert_eq!(
                 e.error.to_string(),
@@ -440,9 +472,13 @@ mod tests {
         assert_eq!(req.op, Op::Query { command: true });
         let c = req.command.unwrap();
         assert_eq!((c.name, c.db), ("isMaster", Some("admin")));
-        let wrapped = rawdoc! { "$query": { "ismaster": 1 }, "$readPreference": { "mode": "primary" } };
+        let wrapped =
+            rawdoc! { "$query": { "ismaster": 1 }, "$readPreference": { "mode": "primary" } };
         let bytes = crate::wire::op_query::encode_query(9, "admin.$cmd", &wrapped);
-        assert_eq!(Request::decode(&bytes).unwrap().command.unwrap().name, "ismaster");
+        assert_eq!(
+            Request::decode(&bytes).unwrap().command.unwrap().name,
+            "ismaster"
+        );
         let bytes = crate::wire::op_query::encode_query(9, "app.things", &query);
         let req = Request::decode(&bytes).unwrap();
         assert_eq!((req.op, req.command), (Op::Query { command: false }, None));
@@ -453,7 +489,9 @@ mod tests {
         finish_message(&mut compressed, at);
         assert_eq!(
             Request::decode(&compressed).unwrap().op,
-            Op::Compressed { original: OpCode::Query }
+            Op::Compressed {
+                original: OpCode::Query
+            }
         );
         let mut insert = Vec::new();
         let at = start_message(&mut insert, 4, 0, OpCode::Other(2002));
@@ -470,13 +508,20 @@ mod tests {
             c.is_retryable_write()
         };
         assert!(retryable(rawdoc! { "insert": "a", "txnNumber": 1_i64 }));
-        assert!(retryable(rawdoc! { "findAndModify": "a", "txnNumber": 1_i64 }));
-        assert!(!retryable(rawdoc! { "insert": "a" }), "no txnNumber: retryWrites is off");
+        assert!(retryable(
+            rawdoc! { "findAndModify": "a", "txnNumber": 1_i64 }
+        ));
+        assert!(
+            !retryable(rawdoc! { "insert": "a" }),
+            "no txnNumber: retryWrites is off"
+        );
         assert!(
             !retryable(rawdoc! { "update": "a", "txnNumber": 1_i64, "autocommit": false }),
             "inside a transaction"
         );
-        assert!(retryable(rawdoc! { "commitTransaction": 1, "txnNumber": 1_i64, "autocommit": false }));
+        assert!(retryable(
+            rawdoc! { "commitTransaction": 1, "txnNumber": 1_i64, "autocommit": false }
+        ));
         assert!(!retryable(rawdoc! { "find": "a", "txnNumber": 1_i64 }));
     }
 }

@@ -29,6 +29,7 @@
 #![allow(dead_code)]
 
 pub mod proxy_env;
+pub mod proxy_process;
 pub mod wire_client;
 
 use std::path::{Path, PathBuf};

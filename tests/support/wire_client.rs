@@ -38,6 +38,23 @@ pub fn tls_connector(ca: &Path) -> TlsConnector {
 }
 
 impl WireClient {
+    /// Connects, or says why the TCP connection or TLS handshake failed.
+    pub async fn try_connect(addr: SocketAddr, ca: &Path) -> Result<WireClient, String> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let name = ServerName::try_from("localhost").expect("server name");
+        let stream = tls_connector(ca)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        Ok(WireClient {
+            stream,
+            buf: BytesMut::new(),
+            next_id: 100,
+        })
+    }
+
     pub async fn connect(addr: SocketAddr, ca: &Path) -> WireClient {
         let tcp = TcpStream::connect(addr)
             .await
