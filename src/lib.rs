@@ -31,6 +31,8 @@ pub mod demo;
 pub mod devcerts;
 pub mod devidp;
 pub mod errors;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod server;
 pub mod session;

@@ -12,6 +12,15 @@ use serde::Deserialize;
 
 pub use validate::ConfigError;
 
+/// The default and largest `limits.max_message_size`: mongod's usual
+/// `maxMessageSizeBytes`. Equal to `wire::DEFAULT_MAX_MESSAGE_SIZE`; config
+/// keeps its own copy so that it imports no other module of the crate, and
+/// src/layering.rs tests that the two agree.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 48_000_000;
+
+#[cfg(test)]
+pub(crate) use identity_provider::url_rule;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -182,7 +191,7 @@ fn default_log_claims() -> Vec<String> {
     vec!["iss".into(), "sub".into()]
 }
 fn default_max_message_size() -> usize {
-    crate::wire::DEFAULT_MAX_MESSAGE_SIZE
+    DEFAULT_MAX_MESSAGE_SIZE
 }
 fn default_max_connections() -> usize {
     10_000
