@@ -237,8 +237,11 @@ fn default_log_claims() -> Vec<String> {
 fn default_max_message_size() -> usize {
     DEFAULT_MAX_MESSAGE_SIZE
 }
+/// Needs 2 × 4096 + 64 = 8256 file descriptors (see `fdlimit`), which fits
+/// common hard limits (systemd's 524288, Docker's 1048576, and the 20000 of
+/// this project's machines, below the 20064 that 10000 would need).
 fn default_max_connections() -> usize {
-    10_000
+    4_096
 }
 fn default_auth_timeout_secs() -> u64 {
     30
@@ -362,6 +365,7 @@ backend_password_env = "DBA_PASSWORD"
         assert_eq!(idp.log_claims, ["iss", "sub"]);
         assert_eq!(c.limits.max_message_size, 48_000_000);
         assert_eq!(c.backend.auth_source, "admin");
+        assert_eq!(c.limits.max_connections, 4096);
     }
 
     #[test]
