@@ -159,15 +159,21 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 /// Everything start-up would refuse, short of binding ports and reaching
-/// the network: the config's fields, the grants' secrets, the TLS files.
+/// the network: the config's fields, the listener's TLS files, the identity
+/// providers, the grants (their secrets and prefixes), the backend URI and
+/// its TLS files, and max_connections against the file-descriptor limit.
+/// These are the constructors the runtime builder (start-up and reload) is
+/// to call, in this order; each refuses with a `ConfigError`.
 fn checked(path: &std::path::Path) -> Result<Config, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    mongo_oidc_proxy::authz::Grants::from_config(
-        &config.grant,
-        mongo_oidc_proxy::authz::Secrets::Resolve,
-    )
-    .map_err(|e| e.to_string())?;
-    mongo_oidc_proxy::tls::server_config(&config.listen).map_err(|e| e.to_string())?;
+    use mongo_oidc_proxy::{auth, authz, backend, fdlimit, tls};
+    let shown = |e: mongo_oidc_proxy::config::ConfigError| e.to_string();
+    let config = Config::load(path).map_err(shown)?;
+    tls::server_config(&config.listen).map_err(shown)?;
+    auth::IdpRegistry::new(&config.identity_provider).map_err(shown)?;
+    authz::Grants::from_config(&config.grant, authz::Secrets::Resolve).map_err(shown)?;
+    authz::check_prefixes(&config.grant, &config.identity_provider).map_err(shown)?;
+    backend::Backend::new(&config.backend).map_err(shown)?;
+    fdlimit::ensure_capacity(config.limits.max_connections).map_err(shown)?;
     Ok(config)
 }
 
