@@ -19,6 +19,7 @@
 //!   the live parts from a [`config::Config`].
 //! - [`metrics`]: Prometheus registry and `/metrics`, `/healthz`, `/readyz`.
 //! - [`errors`]: MongoDB error codes and replies.
+//! - [`fdlimit`]: the file-descriptor limit against `limits.max_connections`.
 //! - [`devcerts`], [`devidp`], [`demo`]: development certificates, a
 //!   development identity provider and the `demo` subcommand (SecantusDB
 //!   launcher in [`demo::secantus`]), used by the demo and the tests.
@@ -31,6 +32,9 @@ pub mod demo;
 pub mod devcerts;
 pub mod devidp;
 pub mod errors;
+pub mod fdlimit;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod runtime;
 pub mod server;

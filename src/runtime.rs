@@ -41,18 +41,18 @@ impl Runtime {
     /// Builds every part, doing no network I/O; `previous` is the running
     /// runtime on reload, whose unchanged backend and JWKS caches are kept.
     pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, ConfigError> {
-        let tls = TlsAcceptor::from(
-            crate::tls::server_config(&config.listen).map_err(|e| split_error(&e.to_string()))?,
-        );
+        let tls = TlsAcceptor::from(crate::tls::server_config(&config.listen)?);
         let registry = Arc::new(IdpRegistry::rebuild(
             &config.identity_provider,
             previous.map(|p| p.registry.as_ref()),
         )?);
         let grants = Arc::new(Grants::from_config(&config.grant, Secrets::Resolve)?);
+        crate::authz::check_prefixes(&config.grant, &config.identity_provider)?;
         let backend = match previous {
             Some(p) if p.config.backend == config.backend => p.backend.clone(),
-            _ => Arc::new(Backend::new(&config.backend).map_err(|e| split_error(&e.to_string()))?),
+            _ => Arc::new(Backend::new(&config.backend)?),
         };
+        crate::fdlimit::ensure_capacity(config.limits.max_connections)?;
         Ok(Runtime {
             version: VERSIONS.fetch_add(1, Ordering::Relaxed),
             limits: config.limits.clone(),
@@ -122,15 +122,6 @@ impl Runtime {
             parts.push("shutdown changed".into());
         }
         parts.join("; ")
-    }
-}
-
-/// `"field: message"` back into its parts, for errors that carry their field
-/// in their text.
-fn split_error(text: &str) -> ConfigError {
-    match text.split_once(": ") {
-        Some((field, message)) => ConfigError::new(field, message),
-        None => ConfigError::new("config", text),
     }
 }
 

@@ -8,26 +8,61 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 
-use crate::config::{ClientCertMode, ListenConfig};
+use crate::config::{ClientCertMode, ConfigError, ListenConfig};
 
-#[derive(Debug, thiserror::Error)]
+/// A listener TLS file that does not give a usable server identity. Its
+/// Display is `field: message`, the same as the [`ConfigError`] it converts into.
+#[derive(Debug)]
 pub enum TlsError {
-    #[error("{field}: cannot read {path}: {detail}")]
     Read {
         field: &'static str,
         path: String,
         detail: String,
     },
-    #[error("{field}: {path} holds no {what}")]
     Empty {
         field: &'static str,
         path: String,
         what: &'static str,
     },
-    #[error("listen: the certificate and key do not form a usable TLS identity: {0}")]
     Identity(String),
-    #[error("listen.client_ca: {0}")]
     ClientCa(String),
+}
+
+impl TlsError {
+    /// The config field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            TlsError::Read { field, .. } | TlsError::Empty { field, .. } => field,
+            TlsError::Identity(_) => "listen",
+            TlsError::ClientCa(_) => "listen.client_ca",
+        }
+    }
+
+    /// What is wrong, without the field.
+    pub fn message(&self) -> String {
+        match self {
+            TlsError::Read { path, detail, .. } => format!("cannot read {path}: {detail}"),
+            TlsError::Empty { path, what, .. } => format!("{path} holds no {what}"),
+            TlsError::Identity(detail) => {
+                format!("the certificate and key do not form a usable TLS identity: {detail}")
+            }
+            TlsError::ClientCa(detail) => detail.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field(), self.message())
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+impl From<TlsError> for ConfigError {
+    fn from(e: TlsError) -> ConfigError {
+        ConfigError::new(e.field(), e.message())
+    }
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -58,14 +93,30 @@ fn certificates(
 }
 
 /// Builds the server configuration: certificate chain, key, and optional
-/// client-certificate verification.
-pub fn server_config(listen: &ListenConfig) -> Result<Arc<ServerConfig>, TlsError> {
+/// client-certificate verification. Reads the files; no network I/O.
+pub fn server_config(listen: &ListenConfig) -> Result<Arc<ServerConfig>, ConfigError> {
+    Ok(build(listen)?)
+}
+
+fn private_key(field: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        // A file of only certificates, say: readable, but no key in it.
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            field,
+            path: path.display().to_string(),
+            what: "PEM private key",
+        },
+        e => TlsError::Read {
+            field,
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        },
+    })
+}
+
+fn build(listen: &ListenConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certificates("listen.tls_cert", &listen.tls_cert)?;
-    let key = PrivateKeyDer::from_pem_file(&listen.tls_key).map_err(|e| TlsError::Read {
-        field: "listen.tls_key",
-        path: listen.tls_key.display().to_string(),
-        detail: e.to_string(),
-    })?;
+    let key = private_key("listen.tls_key", &listen.tls_key)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Identity(e.to_string()))?;
@@ -127,6 +178,58 @@ mod tests {
             err.to_string().ends_with("holds no PEM certificate"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_key_file_without_a_key_names_listen_tls_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_path = dir.path().join("c.pem");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        // The certificate given as the key, a common slip.
+        let err = server_config(&listen(cert_path.clone(), cert_path.clone())).unwrap_err();
+        assert_eq!(err.field, "listen.tls_key");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "listen.tls_key: {} holds no PEM private key",
+                cert_path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn tls_errors_convert_to_config_errors_with_the_same_text() {
+        let errors = [
+            TlsError::Read {
+                field: "listen.tls_cert",
+                path: "/x.pem".into(),
+                detail: "gone".into(),
+            },
+            TlsError::Empty {
+                field: "listen.client_ca",
+                path: "/ca.pem".into(),
+                what: "PEM certificate",
+            },
+            TlsError::Identity("bad".into()),
+            TlsError::ClientCa("bad".into()),
+        ];
+        let shown = [
+            "listen.tls_cert: cannot read /x.pem: gone",
+            "listen.client_ca: /ca.pem holds no PEM certificate",
+            "listen: the certificate and key do not form a usable TLS identity: bad",
+            "listen.client_ca: bad",
+        ];
+        for (e, want) in errors.into_iter().zip(shown) {
+            assert_eq!(e.to_string(), want);
+            let field = e.field();
+            let c = ConfigError::from(e);
+            assert_eq!((c.field.as_str(), c.to_string().as_str()), (field, want));
+        }
     }
 
     #[test]

@@ -169,3 +169,212 @@ fn dev_certs_writes_a_usable_ca_and_server_identity() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// A good config for the table below: certificates from dev-certs, an
+/// issuer and a backend on loopback where nobody listens (start-up, if it
+/// got that far, would only be refused a connection).
+const TABLE_CONFIG: &str = r#"
+[listen]
+address = "127.0.0.1:0"
+tls_cert = "certs/server.pem"
+tls_key = "certs/server.key"
+
+[backend]
+uri = "mongodb://127.0.0.1:1/"
+
+[[identity_provider]]
+issuer = "http://127.0.0.1:9/"
+audience = "api://mongodb"
+auth_name_prefix = "okta"
+client_id = "abc"
+
+[[grant]]
+role = "okta/dba"
+backend_user = "dba"
+backend_password_env = "MOP_CLI_TEST_PASSWORD"
+"#;
+
+/// Runs the binary (under `prlimit --nofile=N:N` when `nofile` is given),
+/// killing it if it is still running after `limit`: a start-up that accepts
+/// a config it should refuse runs until signalled.
+fn run_bounded(
+    args: &[&str],
+    nofile: Option<u64>,
+    limit: std::time::Duration,
+) -> (Option<i32>, String) {
+    use std::io::Read;
+    let bin = env!("CARGO_BIN_EXE_mongo-oidc-proxy");
+    let mut cmd = match nofile {
+        Some(n) => {
+            let mut c = Command::new("/usr/bin/prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    cmd.args(args)
+        .env_remove("MONGO_OIDC_PROXY_CONFIG")
+        .env("MOP_CLI_TEST_PASSWORD", "pw")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run mongo-oidc-proxy");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (code, reader.join().unwrap())
+}
+
+/// Every config start-up must refuse, `check` refuses too, and both say so
+/// with exit code 2 and one `field: message` naming the field once.
+#[test]
+fn check_and_start_up_refuse_the_same_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    mongo_oidc_proxy::devcerts::generate(&dir.path().join("certs"), &[]).unwrap();
+    let cert = dir.path().join("certs/server.pem").display().to_string();
+    let uri = |uri: &str| TABLE_CONFIG.replace("mongodb://127.0.0.1:1/", uri);
+    let backend_uri = "backend.uri";
+    let scheme = "must start with mongodb:// (for example mongodb://127.0.0.1:27017/)";
+    let listen_name = "'proxy.example.com:27017' is not an IP address and port; write one such \
+                       as 0.0.0.0:27017 or 127.0.0.1:27017 (only localhost is accepted as a name)";
+    // (what, config, prlimit --nofile, field, message)
+    let rows: Vec<(&str, String, Option<u64>, &str, String)> =
+        vec![
+        ("not a URI", uri("not a uri"), None, backend_uri, scheme.into()),
+        ("another scheme", uri("http://127.0.0.1:27017/"), None, backend_uri, scheme.into()),
+        (
+            "a bad port",
+            uri("mongodb://h:99999"),
+            None,
+            backend_uri,
+            "host 'h:99999': port '99999' is not a number from 1 to 65535".into(),
+        ),
+        (
+            "credentials",
+            uri("mongodb://u:p@h/"),
+            None,
+            backend_uri,
+            "credentials in the URI are not supported; backend users and passwords come from \
+             [[grant]] backend_user and backend_password_env. Remove 'user:password@'"
+                .into(),
+        ),
+        (
+            "an unknown option",
+            uri("mongodb://h/?foo=1"),
+            None,
+            backend_uri,
+            "unknown option 'foo'; supported: replicaSet, tls, ssl, tlsCAFile, \
+             tlsCertificateKeyFile, directConnection, connectTimeoutMS"
+                .into(),
+        ),
+        (
+            "a missing tlsCAFile",
+            uri("mongodb://127.0.0.1:1/?tls=true&tlsCAFile=/nonexistent.pem"),
+            None,
+            backend_uri,
+            "tlsCAFile '/nonexistent.pem' cannot be read: No such file or directory (os error 2)"
+                .into(),
+        ),
+        (
+            "a grant prefix matching no IdP",
+            TABLE_CONFIG.replace("role = \"okta/dba\"", "role = \"okt/dba\""),
+            None,
+            "grant[0].role",
+            "prefix 'okt' of 'okt/dba' matches no identity provider's auth_name_prefix \
+             (configured: 'okta'); a role is named '<auth_name_prefix>/<group>': correct the \
+             prefix, or add an [[identity_provider]] with auth_name_prefix = \"okt\""
+                .into(),
+        ),
+        (
+            "a tls_key holding no key",
+            TABLE_CONFIG.replace("certs/server.key", "certs/server.pem"),
+            None,
+            "listen.tls_key",
+            format!("{cert} holds no PEM private key"),
+        ),
+        (
+            "max_connections above the fd limit",
+            format!("{TABLE_CONFIG}\n[limits]\nmax_connections = 1000\n"),
+            Some(256),
+            "limits.max_connections",
+            "1000 connections need up to 2064 file descriptors (2 per connection plus 64 \
+             reserved), but this process may open only 256 (soft limit 256, raised to the hard \
+             limit 256); lower max_connections to at most 96, or raise the limit to at least \
+             2064: `ulimit -n 2064` in the shell that starts the proxy, or LimitNOFILE=2064 in \
+             its systemd unit"
+                .into(),
+        ),
+        (
+            "a listen.address host name",
+            TABLE_CONFIG.replace("127.0.0.1:0", "proxy.example.com:27017"),
+            None,
+            "listen.address",
+            listen_name.into(),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (what, text, nofile, field, message)) in rows.iter().enumerate() {
+        let path = dir.path().join(format!("row{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let file = path.display().to_string();
+        let want = format!("{field}: {message}");
+        for (how, args) in [
+            ("check", vec!["check", "--config", &file]),
+            ("start-up", vec!["--config", &file]),
+        ] {
+            let (code, stderr) = run_bounded(&args, *nofile, std::time::Duration::from_secs(8));
+            let named = stderr.matches(field).count();
+            if code != Some(2) || !stderr.contains(&want) || named != 1 {
+                let head: Vec<&str> = stderr.lines().take(4).collect();
+                failures.push(format!(
+                    "{how} with {what}: exit {code:?} (want 2, None = still running after the \
+                     deadline), {field} named {named} time(s) (want 1), want stderr to contain\n    \
+                     {want}\n  stderr begins:\n    {}",
+                    head.join("\n    ")
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} runs did not refuse as they should:\n{}",
+        failures.len(),
+        rows.len() * 2,
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn check_accepts_localhost_as_the_listen_address() {
+    let dir = tempfile::tempdir().unwrap();
+    mongo_oidc_proxy::devcerts::generate(&dir.path().join("certs"), &[]).unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, TABLE_CONFIG.replace("127.0.0.1:0", "localhost:0")).unwrap();
+    let file = path.display().to_string();
+    let out = proxy(
+        &["check", "--config", &file],
+        &[("MOP_CLI_TEST_PASSWORD", "pw")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("listening on 127.0.0.1:0"),
+        "{}",
+        text(&out.stdout)
+    );
+}

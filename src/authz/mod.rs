@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 
 use crate::auth::Identity;
-use crate::config::{ConfigError, GrantConfig};
+use crate::config::{ConfigError, GrantConfig, IdentityProviderConfig};
 
 /// The credentials the proxy signs in to the backend with.
 pub struct BackendIdentity {
@@ -218,6 +218,50 @@ fn resolve_password(i: usize, g: &GrantConfig) -> Result<String, ConfigError> {
     }
 }
 
+/// Refuses a grant whose role or user does not start with a configured
+/// `auth_name_prefix` and '/': callers are named `{auth_name_prefix}/{principal}`
+/// with roles `{auth_name_prefix}/{group}`, so such a grant could never match.
+/// Call it after [`Grants::from_config`], which refuses empty or doubled subjects.
+pub fn check_prefixes(
+    grants: &[GrantConfig],
+    idps: &[IdentityProviderConfig],
+) -> Result<(), ConfigError> {
+    let prefixes: Vec<&str> = idps.iter().map(|c| c.auth_name_prefix.as_str()).collect();
+    let listed = prefixes
+        .iter()
+        .map(|p| format!("'{p}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (i, grant) in grants.iter().enumerate() {
+        let subjects = [
+            ("role", grant.role.as_deref(), "group"),
+            ("user", grant.user.as_deref(), "principal"),
+        ];
+        for (name, subject, rest) in subjects {
+            let Some(subject) = subject.filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let message = match subject.split_once('/') {
+                Some((prefix, _)) if prefixes.contains(&prefix) => continue,
+                Some((prefix, _)) => format!(
+                    "prefix '{prefix}' of '{subject}' matches no identity provider's \
+                     auth_name_prefix (configured: {listed}); a {name} is named \
+                     '<auth_name_prefix>/<{rest}>': correct the prefix, or add an \
+                     [[identity_provider]] with auth_name_prefix = \"{prefix}\""
+                ),
+                None => format!(
+                    "'{subject}' has no prefix, so it matches no identity provider's \
+                     auth_name_prefix (configured: {listed}); a {name} is named \
+                     '<auth_name_prefix>/<{rest}>', e.g. '{}/{subject}'",
+                    prefixes.first().copied().unwrap_or("prefix")
+                ),
+            };
+            return Err(ConfigError::new(format!("grant[{i}].{name}"), message));
+        }
+    }
+    Ok(())
+}
+
 fn parse_source(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
@@ -327,6 +371,48 @@ mod tests {
                 .starts_with("grant[0].expires: 'tomorrow' is not an RFC 3339 UTC time"),
             "{err}"
         );
+    }
+
+    fn idp(prefix: &str) -> IdentityProviderConfig {
+        toml::from_str(&format!(
+            "issuer = 'https://idp.example.com'\naudience = 'a'\nauth_name_prefix = '{prefix}'"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn refuses_grants_whose_prefix_matches_no_identity_provider() {
+        let idps = [idp("okta"), idp("entra")];
+        let err = |text: &str| {
+            let grants = [grant("role = 'okta/dba'\nbackend_user = 'x'"), grant(text)];
+            check_prefixes(&grants, &idps).unwrap_err().to_string()
+        };
+        assert_eq!(
+            err("role = 'okt/dba'\nbackend_user = 'x'"),
+            "grant[1].role: prefix 'okt' of 'okt/dba' matches no identity provider's \
+             auth_name_prefix (configured: 'okta', 'entra'); a role is named \
+             '<auth_name_prefix>/<group>': correct the prefix, or add an [[identity_provider]] \
+             with auth_name_prefix = \"okt\""
+        );
+        assert_eq!(
+            err("user = 'alice'\nbackend_user = 'x'"),
+            "grant[1].user: 'alice' has no prefix, so it matches no identity provider's \
+             auth_name_prefix (configured: 'okta', 'entra'); a user is named \
+             '<auth_name_prefix>/<principal>', e.g. 'okta/alice'"
+        );
+        assert_eq!(
+            err("user = '/alice'\nbackend_user = 'x'"),
+            "grant[1].user: prefix '' of '/alice' matches no identity provider's \
+             auth_name_prefix (configured: 'okta', 'entra'); a user is named \
+             '<auth_name_prefix>/<principal>': correct the prefix, or add an \
+             [[identity_provider]] with auth_name_prefix = \"\""
+        );
+        // The prefix ends at the first '/': the rest may hold more.
+        let fine = [
+            grant("role = 'entra/a/b'\nbackend_user = 'x'"),
+            grant("user = 'okta/alice@example.com'\nbackend_user = 'x'"),
+        ];
+        assert_eq!(check_prefixes(&fine, &idps), Ok(()));
     }
 
     #[test]

@@ -17,14 +17,15 @@ pub mod scram;
 pub mod uri;
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bson::rawdoc;
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, ConfigError};
 use crate::wire::WireError;
 
 pub use connection::{BackendConnection, BackendStream, ForwardError, ForwardedReply};
@@ -35,14 +36,11 @@ pub use uri::{BackendSettings, HostPort, TlsOptions, UriError};
 /// mongod's code for an unknown command (used to fall back from `hello` to `isMaster`).
 const COMMAND_NOT_FOUND: i32 = 59;
 
-/// Everything that can go wrong talking to the backend. Messages name the
-/// host and what to check; none contains a password.
+/// Everything that can go wrong talking to the backend once it is
+/// configured (a bad configuration is a [`ConfigError`] from [`Backend::new`]).
+/// Messages name the host and what to check; none contains a password.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error(transparent)]
-    Uri(#[from] UriError),
-    #[error("{0}")]
-    Config(String),
     #[error("backend {addr}: connection refused; is mongod running and is backend.uri right?")]
     ConnectRefused { addr: String },
     #[error("backend {addr}: cannot resolve the host name ({detail}); check backend.uri")]
@@ -55,8 +53,6 @@ pub enum BackendError {
     HandshakeTimeout { addr: String, ms: u64 },
     #[error("backend {addr}: TLS handshake failed ({detail}); check tls/tlsCAFile in backend.uri and the server certificate's names")]
     Tls { addr: String, detail: String },
-    #[error("backend TLS settings: {0}")]
-    TlsConfig(String),
     #[error("backend {addr}: {source}")]
     Wire { addr: String, source: WireError },
     #[error("backend {addr}: the server closed the connection")]
@@ -171,8 +167,9 @@ pub struct Backend {
     settings: BackendSettings,
     auth_source: String,
     connect_timeout: Duration,
-    /// Built on first use: reading CA and key files is I/O, which `new` avoids.
-    tls: Mutex<Option<Arc<rustls::ClientConfig>>>,
+    /// Built by `new`, so that unreadable CA or key files are refused with
+    /// the rest of the configuration rather than on the first connection.
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// Held across discovery so concurrent callers wait for one probe.
     discovered: tokio::sync::Mutex<Option<Arc<Discovered>>>,
     /// Shared with the blocking PBKDF2 task, hence the Arc.
@@ -180,19 +177,26 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Validates the configuration; does no I/O.
-    pub fn new(config: &BackendConfig) -> Result<Backend, BackendError> {
+    /// Validates the configuration and loads the TLS files `backend.uri`
+    /// names (or the system's CA certificates for `tls=true` without
+    /// `tlsCAFile`); does no network I/O. Errors name `backend.uri`,
+    /// `backend.auth_source` or `backend.connect_timeout_ms`.
+    pub fn new(config: &BackendConfig) -> Result<Backend, ConfigError> {
         let settings = BackendSettings::parse(&config.uri)?;
         if config.auth_source.is_empty() {
-            return Err(BackendError::Config(
-                "backend.auth_source is empty; name the database the backend users are defined in (usually admin)".into(),
+            return Err(ConfigError::new(
+                "backend.auth_source",
+                "must not be empty: name the database the backend users are defined in \
+                 (usually admin)",
             ));
         }
         if config.connect_timeout_ms == 0 {
-            return Err(BackendError::Config(
-                "backend.connect_timeout_ms must be at least 1".into(),
+            return Err(ConfigError::new(
+                "backend.connect_timeout_ms",
+                "must be at least 1",
             ));
         }
+        let tls = settings.tls.as_ref().map(build_tls_config).transpose()?;
         // connectTimeoutMS in the URI, if given, is the more specific setting.
         let ms = settings
             .connect_timeout_ms
@@ -201,7 +205,7 @@ impl Backend {
             settings,
             auth_source: config.auth_source.clone(),
             connect_timeout: Duration::from_millis(ms),
-            tls: Mutex::new(None),
+            tls,
             discovered: tokio::sync::Mutex::new(None),
             scram_cache: Arc::new(SaltedPasswordCache::new()),
         })
@@ -286,24 +290,7 @@ impl Backend {
     }
 
     async fn open(&self, host: &str, port: u16) -> Result<BackendConnection, BackendError> {
-        let tls = self.tls_config()?;
-        BackendConnection::connect(host, port, tls.as_ref(), self.connect_timeout).await
-    }
-
-    fn tls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, BackendError> {
-        let Some(opts) = &self.settings.tls else {
-            return Ok(None);
-        };
-        let mut slot = self
-            .tls
-            .lock()
-            .map_err(|_| BackendError::TlsConfig("TLS settings lock poisoned".into()))?;
-        if let Some(cfg) = slot.as_ref() {
-            return Ok(Some(Arc::clone(cfg)));
-        }
-        let cfg = build_tls_config(opts)?;
-        *slot = Some(Arc::clone(&cfg));
-        Ok(Some(cfg))
+        BackendConnection::connect(host, port, self.tls.as_ref(), self.connect_timeout).await
     }
 
     async fn discover(&self) -> Result<Arc<Discovered>, BackendError> {
@@ -437,24 +424,53 @@ async fn hello(conn: &mut BackendConnection) -> Result<Hello, BackendError> {
     Ok(hello)
 }
 
-fn build_tls_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, BackendError> {
-    let cfg_err = BackendError::TlsConfig;
+/// A refusal of a TLS option in `backend.uri`.
+fn tls_err(message: String) -> ConfigError {
+    ConfigError::new("backend.uri", message)
+}
+
+/// What went wrong reading a PEM file, without pem's "I/O error: " prefix.
+fn pem_problem(e: pem::Error) -> String {
+    match e {
+        pem::Error::Io(e) => e.to_string(),
+        e => e.to_string(),
+    }
+}
+
+fn pem_certificates(
+    option: &str,
+    path: &Path,
+    holds: &str,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            tls_err(format!(
+                "{option} '{shown}' cannot be read: {}",
+                pem_problem(e)
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(tls_err(format!(
+            "{option} '{shown}' holds no PEM certificate; it must hold {holds}"
+        )));
+    }
+    Ok(certs)
+}
+
+fn build_tls_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
     match &opts.ca_file {
         Some(path) => {
-            let shown = path.display();
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| cfg_err(format!("tlsCAFile {shown}: {e}")))?;
-            if certs.is_empty() {
-                return Err(cfg_err(format!(
-                    "tlsCAFile {shown}: no certificates in the file"
-                )));
-            }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| cfg_err(format!("tlsCAFile {shown}: {e}")))?;
+            let holds = "the CA certificates that sign the backend's certificate, in PEM";
+            for c in pem_certificates("tlsCAFile", path, holds)? {
+                roots.add(c).map_err(|e| {
+                    tls_err(format!(
+                        "tlsCAFile '{}' holds a certificate that is not a usable CA: {e}",
+                        path.display()
+                    ))
+                })?;
             }
         }
         None => {
@@ -464,8 +480,10 @@ fn build_tls_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, Back
                 let _ = roots.add(c);
             }
             if roots.is_empty() {
-                return Err(cfg_err(
-                    "no system CA certificates found; set tlsCAFile in backend.uri".into(),
+                return Err(tls_err(
+                    "tls is on but no system CA certificates were found; add \
+                     tlsCAFile=/path/to/ca.pem naming the CA that signs the backend's certificate"
+                        .into(),
                 ));
             }
         }
@@ -473,25 +491,29 @@ fn build_tls_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, Back
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| cfg_err(e.to_string()))?
+        .map_err(|e| tls_err(format!("cannot set up TLS: {e}")))?
         .with_root_certificates(roots);
     let cfg = match &opts.cert_key_file {
         None => builder.with_no_client_auth(),
         Some(path) => {
             let shown = path.display();
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| cfg_err(format!("tlsCertificateKeyFile {shown}: {e}")))?;
-            if certs.is_empty() {
-                return Err(cfg_err(format!(
-                    "tlsCertificateKeyFile {shown}: no certificate in the file"
-                )));
-            }
-            let key = PrivateKeyDer::from_pem_file(path)
-                .map_err(|e| cfg_err(format!("tlsCertificateKeyFile {shown}: private key: {e}")))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| cfg_err(format!("tlsCertificateKeyFile {shown}: {e}")))?
+            let holds = "the client certificate and its private key, in PEM";
+            let certs = pem_certificates("tlsCertificateKeyFile", path, holds)?;
+            let key = PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+                pem::Error::NoItemsFound => tls_err(format!(
+                    "tlsCertificateKeyFile '{shown}' holds no PEM private key; it must hold {holds}"
+                )),
+                e => tls_err(format!(
+                    "tlsCertificateKeyFile '{shown}' cannot be read: {}",
+                    pem_problem(e)
+                )),
+            })?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                tls_err(format!(
+                    "tlsCertificateKeyFile '{shown}': the certificate and key do not form a \
+                     usable TLS identity: {e}"
+                ))
+            })?
         }
     };
     Ok(Arc::new(cfg))
@@ -644,29 +666,124 @@ mod tests {
     fn refuses_empty_auth_source_and_zero_timeout() {
         let mut c = config("mongodb://h/");
         c.auth_source = String::new();
+        let e = Backend::new(&c).unwrap_err();
+        assert_eq!(e.field, "backend.auth_source");
         assert_eq!(
-            Backend::new(&c).unwrap_err().to_string(),
-            "backend.auth_source is empty; name the database the backend users are defined in (usually admin)"
+            e.to_string(),
+            "backend.auth_source: must not be empty: name the database the backend users are \
+             defined in (usually admin)"
         );
         let mut c = config("mongodb://h/");
         c.connect_timeout_ms = 0;
         assert_eq!(
             Backend::new(&c).unwrap_err().to_string(),
-            "backend.connect_timeout_ms must be at least 1"
+            "backend.connect_timeout_ms: must be at least 1"
         );
     }
 
+    fn refusal(uri: &str) -> String {
+        let e = Backend::new(&config(uri)).unwrap_err();
+        assert_eq!(e.field, "backend.uri", "{uri}");
+        e.to_string()
+    }
+
     #[test]
-    fn missing_ca_file_is_a_clear_error() {
-        let e = build_tls_config(&TlsOptions {
-            ca_file: Some("/nonexistent/ca.pem".into()),
-            cert_key_file: None,
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.starts_with("backend TLS settings: tlsCAFile /nonexistent/ca.pem: "),
-            "{e}"
+    fn refuses_bad_uris_naming_backend_uri_once() {
+        let cases = [
+            ("not a uri", "backend.uri: must start with mongodb:// (for example mongodb://127.0.0.1:27017/)"),
+            ("postgres://h/", "backend.uri: must start with mongodb:// (for example mongodb://127.0.0.1:27017/)"),
+            ("mongodb://h:99999", "backend.uri: host 'h:99999': port '99999' is not a number from 1 to 65535"),
+            ("mongodb://h:0", "backend.uri: host 'h:0': port '0' is not a number from 1 to 65535"),
+            ("mongodb://h:abc", "backend.uri: host 'h:abc': port 'abc' is not a number from 1 to 65535"),
+            ("mongodb://u:p@h/", "backend.uri: credentials in the URI are not supported; backend users and passwords come from [[grant]] backend_user and backend_password_env. Remove 'user:password@'"),
+            ("mongodb://h/?foo=1", "backend.uri: unknown option 'foo'; supported: replicaSet, tls, ssl, tlsCAFile, tlsCertificateKeyFile, directConnection, connectTimeoutMS"),
+        ];
+        for (uri, want) in cases {
+            let got = refusal(uri);
+            assert_eq!(got, want, "{uri}");
+            assert_eq!(got.matches("backend.uri").count(), 1, "{got}");
+        }
+    }
+
+    /// Development certificates: ca.pem, and the client's certificate and key
+    /// together (client.pem), alone (cert-only.pem) and key alone (key-only.pem).
+    struct Pems {
+        dir: tempfile::TempDir,
+    }
+
+    impl Pems {
+        fn new() -> Pems {
+            let dir = tempfile::tempdir().unwrap();
+            let made = crate::devcerts::generate(dir.path(), &[]).unwrap();
+            let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+            let write =
+                |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+            let (cert, key) = (read(&made.client_cert), read(&made.client_key));
+            write("client.pem", format!("{cert}{key}"));
+            write("cert-only.pem", cert);
+            write("key-only.pem", key);
+            Pems { dir }
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.dir.path().join(name).display().to_string()
+        }
+    }
+
+    #[test]
+    fn loads_the_tls_files_in_new() {
+        let p = Pems::new();
+        let (ca, client) = (p.path("ca.pem"), p.path("client.pem"));
+        let b = Backend::new(&config(&format!(
+            "mongodb://h/?tls=true&tlsCAFile={ca}&tlsCertificateKeyFile={client}"
+        )))
+        .unwrap();
+        assert!(b.tls.is_some());
+        assert!(Backend::new(&config("mongodb://h/")).unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn refuses_tls_files_that_do_not_load() {
+        let p = Pems::new();
+        let (ca, key_only, cert_only) = (
+            p.path("ca.pem"),
+            p.path("key-only.pem"),
+            p.path("cert-only.pem"),
+        );
+        assert_eq!(
+            refusal("mongodb://h/?tls=true&tlsCAFile=/nonexistent.pem"),
+            "backend.uri: tlsCAFile '/nonexistent.pem' cannot be read: No such file or directory \
+             (os error 2)"
+        );
+        assert_eq!(
+            refusal(&format!("mongodb://h/?tls=true&tlsCAFile={key_only}")),
+            format!(
+                "backend.uri: tlsCAFile '{key_only}' holds no PEM certificate; it must hold the CA \
+                 certificates that sign the backend's certificate, in PEM"
+            )
+        );
+        assert_eq!(
+            refusal(&format!("mongodb://h/?tlsCAFile={ca}&tlsCertificateKeyFile={cert_only}")),
+            format!(
+                "backend.uri: tlsCertificateKeyFile '{cert_only}' holds no PEM private key; it must \
+                 hold the client certificate and its private key, in PEM"
+            )
+        );
+        assert_eq!(
+            refusal(&format!(
+                "mongodb://h/?tlsCAFile={ca}&tlsCertificateKeyFile={key_only}"
+            )),
+            format!(
+                "backend.uri: tlsCertificateKeyFile '{key_only}' holds no PEM certificate; it must \
+                 hold the client certificate and its private key, in PEM"
+            )
+        );
+        assert_eq!(
+            refusal(&format!(
+                "mongodb://h/?tlsCAFile={ca}&tlsCertificateKeyFile=/nonexistent.pem"
+            )),
+            "backend.uri: tlsCertificateKeyFile '/nonexistent.pem' cannot be read: No such file \
+             or directory (os error 2)"
         );
     }
 }

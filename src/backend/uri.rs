@@ -51,6 +51,12 @@ pub struct TlsOptions {
 #[error("backend.uri: {0}")]
 pub struct UriError(pub String);
 
+impl From<UriError> for crate::config::ConfigError {
+    fn from(e: UriError) -> Self {
+        crate::config::ConfigError::new("backend.uri", e.0)
+    }
+}
+
 fn err<T>(msg: impl Into<String>) -> Result<T, UriError> {
     Err(UriError(msg.into()))
 }

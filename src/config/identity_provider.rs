@@ -10,8 +10,6 @@ fn err(i: usize, name: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::new(format!("identity_provider[{i}].{name}"), message)
 }
 
-// Wired in by config::validate (owned elsewhere); unused until then.
-#[allow(dead_code)]
 pub(crate) fn validate(idps: &[IdentityProviderConfig]) -> Result<(), ConfigError> {
     for (i, idp) in idps.iter().enumerate() {
         validate_one(i, idp)?;
@@ -78,9 +76,28 @@ fn check_required(i: usize, c: &IdentityProviderConfig) -> Result<(), ConfigErro
 }
 
 fn check_url(i: usize, name: &str, url: &str) -> Result<(), ConfigError> {
-    crate::auth::jwks::check_url(url)
-        .map(|_| ())
-        .map_err(|m| err(i, name, format!("'{url}' is not accepted: {m}")))
+    url_rule(url).map_err(|m| err(i, name, format!("'{url}' is not accepted: {m}")))
+}
+
+/// The rule for issuer and JWKS URLs: https, or http to a loopback host.
+///
+/// The same rule as `auth::jwks::check_url` (which also guards redirects at
+/// run time); config keeps its own copy so that it imports no other module
+/// of the crate. src/layering.rs tests that the two agree.
+pub(crate) fn url_rule(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err("must use https (http is only allowed for loopback hosts)".into()),
+        other => Err(format!("scheme '{other}' is not allowed, use https")),
+    }
 }
 
 fn check_prefix(i: usize, prefix: &str) -> Result<(), ConfigError> {

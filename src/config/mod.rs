@@ -8,9 +8,18 @@ mod validate;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 pub use validate::ConfigError;
+
+/// The default and largest `limits.max_message_size`: mongod's usual
+/// `maxMessageSizeBytes`. Equal to `wire::DEFAULT_MAX_MESSAGE_SIZE`; config
+/// keeps its own copy so that it imports no other module of the crate, and
+/// src/layering.rs tests that the two agree.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 48_000_000;
+
+#[cfg(test)]
+pub(crate) use identity_provider::url_rule;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +50,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
+    /// An IP address and port, or `localhost:PORT` (meaning 127.0.0.1:PORT).
+    #[serde(deserialize_with = "deserialize_listen_address")]
     pub address: SocketAddr,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -183,6 +194,48 @@ pub enum LogFormat {
     Json,
 }
 
+/// Parses `listen.address`: an IP address and port (`0.0.0.0:27017`,
+/// `[::]:27017`), or `localhost:PORT`, which means 127.0.0.1:PORT. Other
+/// host names are refused: which address a name resolves to is not something
+/// to leave to the resolver at start-up.
+pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let localhost = text
+        .rsplit_once(':')
+        .filter(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+        .and_then(|(_, port)| port.parse::<u16>().ok());
+    match localhost {
+        Some(port) => Ok(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))),
+        None => Err(format!(
+            "'{text}' is not an IP address and port; write one such as 0.0.0.0:27017 or \
+             127.0.0.1:27017 (only localhost is accepted as a name)"
+        )),
+    }
+}
+
+fn deserialize_listen_address<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_listen_address(&text).map_err(serde::de::Error::custom)
+}
+
+/// `listen.address` is checked before the typed parse so that a refusal is
+/// reported as `listen.address: ...` rather than inside a TOML parse error.
+fn check_listen_address(text: &str) -> Result<(), ConfigError> {
+    let table: toml::Table = toml::from_str(text).map_err(ConfigError::from_toml)?;
+    let address = table
+        .get("listen")
+        .and_then(|listen| listen.get("address"))
+        .and_then(|address| address.as_str());
+    match address {
+        Some(address) => parse_listen_address(address)
+            .map(|_| ())
+            .map_err(|m| ConfigError::new("listen.address", m)),
+        None => Ok(()),
+    }
+}
+
 fn default_auth_source() -> String {
     "admin".into()
 }
@@ -205,10 +258,13 @@ fn default_log_claims() -> Vec<String> {
     vec!["iss".into(), "sub".into()]
 }
 fn default_max_message_size() -> usize {
-    crate::wire::DEFAULT_MAX_MESSAGE_SIZE
+    DEFAULT_MAX_MESSAGE_SIZE
 }
+/// Needs 2 × 4096 + 64 = 8256 file descriptors (see `fdlimit`), which fits
+/// common hard limits (systemd's 524288, Docker's 1048576, and the 20000 of
+/// this project's machines, below the 20064 that 10000 would need).
 fn default_max_connections() -> usize {
-    10_000
+    4_096
 }
 fn default_auth_timeout_secs() -> u64 {
     30
@@ -234,6 +290,7 @@ impl Config {
     }
 
     fn parse_in(text: &str, dir: Option<&Path>) -> Result<Config, ConfigError> {
+        check_listen_address(text)?;
         let mut config: Config = toml::from_str(text).map_err(ConfigError::from_toml)?;
         if let Some(dir) = dir {
             config.resolve_paths(dir);
@@ -331,6 +388,7 @@ backend_password_env = "DBA_PASSWORD"
         assert_eq!(idp.log_claims, ["iss", "sub"]);
         assert_eq!(c.limits.max_message_size, 48_000_000);
         assert_eq!(c.backend.auth_source, "admin");
+        assert_eq!(c.limits.max_connections, 4096);
     }
 
     #[test]
@@ -373,14 +431,59 @@ backend_password_env = "DBA_PASSWORD"
         let err = error_for(|s| s.replace("auth_name_prefix", "authNamePrefix"));
         assert!(err.starts_with("config: TOML parse error at line"), "{err}");
         assert!(err.contains("unknown field `authNamePrefix`"), "{err}");
-        let err =
-            error_for(|s| s.replace("address = \"127.0.0.1:27017\"", "address = \"nowhere\""));
-        assert!(err.contains("invalid socket address syntax"), "{err}");
+        let err = error_for(|s| s.replace("address = \"127.0.0.1:27017\"", "address = 27017"));
+        assert!(err.starts_with("config: TOML parse error at line"), "{err}");
+        assert!(
+            err.contains("invalid type: integer `27017`, expected a string"),
+            "{err}"
+        );
         let err = error_for(|s| format!("{s}\n[log]\nformat = \"xml\"\n"));
         assert!(
             err.contains("unknown variant `xml`, expected `text` or `json`"),
             "{err}"
         );
+    }
+
+    fn listen_address(address: &str) -> Result<SocketAddr, String> {
+        let text = GOOD.replace("127.0.0.1:27017", address);
+        Config::parse(&text)
+            .map(|c| c.listen.address)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn listen_address_is_an_ip_address_or_localhost() {
+        assert_eq!(
+            listen_address("0.0.0.0:27017"),
+            Ok("0.0.0.0:27017".parse().unwrap())
+        );
+        assert_eq!(
+            listen_address("[::]:27017"),
+            Ok("[::]:27017".parse().unwrap())
+        );
+        assert_eq!(
+            listen_address("localhost:0"),
+            Ok("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(
+            listen_address("LocalHost:27017"),
+            Ok("127.0.0.1:27017".parse().unwrap())
+        );
+        for bad in [
+            "proxy.example.com:27017",
+            "nowhere",
+            "localhost",
+            "localhost:99999",
+            "",
+        ] {
+            assert_eq!(
+                listen_address(bad),
+                Err(format!(
+                    "listen.address: '{bad}' is not an IP address and port; write one such as \
+                     0.0.0.0:27017 or 127.0.0.1:27017 (only localhost is accepted as a name)"
+                ))
+            );
+        }
     }
 
     /// GOOD without its `[[identity_provider]]` table, plus `idps`.

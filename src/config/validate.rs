@@ -1,7 +1,12 @@
 //! Semantic checks a TOML parser cannot make. Every error names the field.
+//!
+//! Only checks that need nothing but the config itself live here: config
+//! imports no other module of the crate. What needs another module (backend
+//! URI and TLS files, grant secrets and subjects, listener TLS, the process's
+//! file-descriptor limit) is refused by that module's constructor, which
+//! start-up and `check` both call.
 
-use super::Config;
-use crate::authz::{Grants, Secrets};
+use super::{Config, DEFAULT_MAX_MESSAGE_SIZE};
 
 /// A config problem: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,15 +54,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     let limits = &config.limits;
-    if !(MIN_MESSAGE_SIZE..=crate::wire::DEFAULT_MAX_MESSAGE_SIZE)
-        .contains(&limits.max_message_size)
-    {
+    if !(MIN_MESSAGE_SIZE..=DEFAULT_MAX_MESSAGE_SIZE).contains(&limits.max_message_size) {
         return Err(ConfigError::new(
             "limits.max_message_size",
-            format!(
-                "must be between {MIN_MESSAGE_SIZE} and {} bytes",
-                crate::wire::DEFAULT_MAX_MESSAGE_SIZE
-            ),
+            format!("must be between {MIN_MESSAGE_SIZE} and {DEFAULT_MAX_MESSAGE_SIZE} bytes"),
         ));
     }
     if limits.max_connections == 0 {
@@ -91,6 +91,5 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "configure at least one [[grant]]; without one every session is refused",
         ));
     }
-    Grants::from_config(&config.grant, Secrets::Skip)?;
     Ok(())
 }
