@@ -377,4 +377,36 @@ fn check_accepts_localhost_as_the_listen_address() {
         "{}",
         text(&out.stdout)
     );
+    // What check accepts, start-up accepts: the proxy listens.
+    assert!(
+        starts_listening(&file, &[("MOP_CLI_TEST_PASSWORD", "pw")]),
+        "check accepted a config that start-up refused"
+    );
+}
+
+/// Runs the proxy and reports whether it got as far as listening; kills it.
+fn starts_listening(config: &str, env: &[(&str, &str)]) -> bool {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mongo-oidc-proxy"));
+    cmd.args(["--config", config])
+        .env_remove("MONGO_OIDC_PROXY_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run mongo-oidc-proxy");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("mongo-oidc-proxy listening") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let listening = rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    listening
 }
