@@ -2,24 +2,61 @@
 //! clients in with the SASL mechanism MONGODB-OIDC and relays each authorised
 //! session to a backend `mongod` as a configured backend identity.
 //!
-//! Layers, with one direction of dependency (lower never imports higher):
-//! - [`wire`]: framing (header, size limit before allocation), OP_MSG with
-//!   CRC-32C, OP_QUERY/OP_REPLY for the legacy handshake — pure functions over
-//!   byte slices, fuzzed in `fuzz/`.
-//! - [`auth`]: [`auth::jwt`] (zero-copy token parsing, alg allow-list, claim
-//!   rules), [`auth::jwks`] (discovery, per-issuer key cache, just-in-time
-//!   refresh under a quiesce period), [`auth::idp`] (IdP selection and the
-//!   verified-token cache) and [`auth::oidc`] (the SASL conversation). No sockets.
+//! # The session pipeline
+//!
+//! Every client message goes through three steps ([`session`]):
+//!
+//! 1. **decode** — [`wire::Request::decode`], pure: one walk of the frame into
+//!    a typed request (opcode, OP_MSG flags, command name, `$db`, `lsid`,
+//!    `txnNumber`, transaction flags, cursor ids, the original bytes). A
+//!    repeated name, `$db`, `lsid` or transaction field is refused.
+//! 2. **decide** — [`session::decide::decide`], pure: `(request, phase,
+//!    inputs) → action` (answer locally, refuse with an error, SASL step,
+//!    relay, close). Every rule of the session lives there and is
+//!    unit-tested without sockets.
+//! 3. **act** — the session carries the action out and emits
+//!    [`session::events::Event`]s; the sinks ([`metrics::MetricsSink`],
+//!    [`session::events::LogSink`]) turn them into counters and log lines.
+//!
+//! A connection's phase ([`session::phase::Phase`]) is `Anonymous`,
+//! `Authenticating` (human flow between step 1 and step 2) or `SignedIn`.
+//! Once per message the phase is resolved against the current runtime: a
+//! token past its `exp`, a temporary grant past its `expires`, a withdrawn
+//! signing key, or an IdP or grant removed by a reload marks the sign-in
+//! expired, and commands get ReauthenticationRequired (391) until the same
+//! user signs in again. Draining is a process-wide input, not a phase.
+//!
+//! # The runtime and reload
+//!
+//! [`runtime::Runtime::build`] turns a [`config::Config`] into the live parts
+//! (TLS acceptor, IdP registry, grants, backend, limits). `check`, start-up
+//! and reload all call it, so `check` refuses exactly what start-up refuses.
+//! A reload (SIGHUP, [`server::Running::reload`]) builds a new runtime and
+//! swaps it in whole; identity providers are identified by their whole
+//! config, and issuers whose key source is unchanged keep their JWKS cache.
+//! SIGTERM/SIGINT drain like mongos's quiesce mode ([`server::Running::drain`]).
+//!
+//! # Layers
+//!
+//! One direction of dependency (lower never imports higher):
+//! - [`config`]: plain data and its validation; imports nothing else of the crate.
+//! - [`wire`]: framing (size limit before allocation), OP_MSG with CRC-32C,
+//!   OP_QUERY/OP_REPLY for the legacy handshake, the request decoder — pure
+//!   functions over byte slices, fuzzed in `fuzz/`.
+//! - [`auth`]: [`auth::jwt`] (token parsing, alg allow-list, claim rules),
+//!   [`auth::jwks`] (discovery, per-issuer key cache, just-in-time refresh
+//!   under a quiesce period), [`auth::idp`] (IdP selection and the
+//!   verified-token cache) and [`auth::oidc`] (the SASL steps). No sockets.
 //! - [`authz`]: user and role names, grants that pick the backend identity.
 //! - [`backend`]: URI parsing, connections, SCRAM-SHA-256, primary discovery,
 //!   and forwarding replies as they arrive.
-//! - [`session`]: one client connection's life — handshake, sign-in,
-//!   expiry (391) and re-authentication, relay.
-//! - [`server`]: listener, TLS ([`tls`]), connection limit, shutdown; builds
-//!   the live parts from a [`config::Config`].
-//! - [`metrics`]: Prometheus registry and `/metrics`, `/healthz`, `/readyz`.
+//! - [`runtime`]: the runtime builder and the state sessions share.
+//! - [`session`]: one client connection, as above.
+//! - [`server`]: listener, TLS ([`tls`]), connection limit, signals, reload,
+//!   drain; [`fdlimit`]: the file-descriptor limit against `max_connections`.
+//! - [`metrics`]: Prometheus registry, the metrics sink, `/metrics`,
+//!   `/healthz`, `/readyz`.
 //! - [`errors`]: MongoDB error codes and replies.
-//! - [`fdlimit`]: the file-descriptor limit against `limits.max_connections`.
 //! - [`devcerts`], [`devidp`], [`demo`]: development certificates, a
 //!   development identity provider and the `demo` subcommand (SecantusDB
 //!   launcher in [`demo::secantus`]), used by the demo and the tests.

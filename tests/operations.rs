@@ -438,3 +438,48 @@ async fn pymongo_keeps_writing_through_the_other_proxies_while_one_drains() {
         assert!(status.success());
     }
 }
+
+#[tokio::test]
+async fn at_the_end_of_the_drain_a_running_command_gets_11600() {
+    let idp = idp().await;
+    let s = Setup::new();
+    s.write(idp.issuer(), "[shutdown]\ndrain_secs = 1\n", |t| t);
+    let mut p = ProxyProcess::start(&s.path(), s.port).await;
+    let mut writer = signed_in(&s, &idp, "alice", &["writers"]).await;
+    // An insert the backend needs longer than the drain period for.
+    let mut docs = bson::RawArrayBuf::new();
+    for i in 0..60_000 {
+        docs.push(rawdoc! { "i": i, "pad": "y".repeat(100) });
+    }
+    let lsid = rawdoc! { "id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![9; 16] } };
+    let body = rawdoc! {
+        "insert": "drain_interrupted", "documents": docs, "lsid": lsid, "txnNumber": 1_i64, "$db": "app",
+    };
+    let started = Instant::now();
+    let id = writer.send_msg(0, &body).await;
+    p.signal("TERM");
+    let reply = writer.recv().await.expect("a reply before the close");
+    let took = started.elapsed();
+    assert_eq!(reply.header.response_to, id);
+    let reply = mongo_oidc_proxy::wire::OpMsg::parse(&reply.bytes)
+        .expect("OP_MSG")
+        .body
+        .to_owned();
+    println!("insert interrupted after {took:?}: {reply:?}");
+    let (code, msg) = error_of(&reply);
+    assert_eq!(code, 11600, "{msg}");
+    assert_eq!(
+        reply.get_str("codeName").ok(),
+        Some("InterruptedAtShutdown")
+    );
+    let labels: Vec<&str> = reply
+        .get_array("errorLabels")
+        .expect("a retryable write is labelled")
+        .into_iter()
+        .filter_map(|v| v.ok().and_then(|v| v.as_str()))
+        .collect();
+    assert_eq!(labels, ["RetryableWriteError"]);
+    assert!(writer.recv().await.is_none(), "then the connection closes");
+    let status = p.wait_exit(Duration::from_secs(5)).await.expect("exits");
+    assert!(status.success());
+}

@@ -813,5 +813,34 @@ async fn when_the_backend_closes_the_client_connection_closes_too() {
         m.contains("mongo_oidc_proxy_connections_closed_total{reason=\"backend_closed\"} 1"),
         "{m}"
     );
+
+    // A new session cannot reach the backend: a retryable write gets
+    // HostUnreachable labelled RetryableWriteError, and nothing of the
+    // backend (address, user, auth source) is shown.
+    let mut c = env.client().await;
+    assert!(is_ok(
+        &c.sign_in(&env.token("alice", &["writers"], 600)).await
+    ));
+    let lsid = rawdoc! { "id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![7; 16] } };
+    let r = c
+        .command(rawdoc! { "insert": "things", "documents": [{ "x": 1 }], "lsid": lsid, "txnNumber": 1_i64, "$db": "app" })
+        .await;
+    assert_eq!(
+        err(&r),
+        (6, "mongo-oidc-proxy cannot reach its backend".to_string())
+    );
+    let labels: Vec<&str> = r
+        .get_array("errorLabels")
+        .expect("errorLabels")
+        .into_iter()
+        .filter_map(|v| v.ok().and_then(|v| v.as_str()))
+        .collect();
+    assert_eq!(labels, ["RetryableWriteError"]);
+    let r = c.command(rawdoc! { "find": "things", "$db": "app" }).await;
+    assert_eq!(err(&r).0, 6);
+    assert!(
+        r.get_array("errorLabels").is_err(),
+        "a read is not labelled: {r:?}"
+    );
     env.stop().await;
 }
