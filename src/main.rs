@@ -8,7 +8,7 @@ use mongo_oidc_proxy::config::{Config, LogFormat};
 
 /// A TLS-terminating MongoDB proxy that signs clients in with MONGODB-OIDC.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(version = env!("MOP_VERSION"), about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// The TOML config file to run with (see README.md for every field).
     #[arg(
