@@ -35,6 +35,7 @@ struct Cli {
 enum Command {
     /// Validate a config file and exit non-zero naming the first bad field.
     Check {
+        /// The TOML config file to validate: its fields, the grants' passwords and the TLS files.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
     },

@@ -1,5 +1,5 @@
 //! The files an operator deploys with, checked as far as this machine can:
-//! `--version`.
+//! `--version` and `check --help`.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -58,4 +58,22 @@ fn version_names_the_crate_version_and_the_git_commit() {
         None => "unknown".to_owned(),
     };
     assert_eq!(&caps[2], want, "{line}");
+}
+
+#[test]
+fn check_help_describes_the_config_flag() {
+    let out = proxy(&["check", "--help"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    let line = help
+        .lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with("-c, --config <FILE>") || l.starts_with("--config <FILE>"))
+        .unwrap_or_else(|| panic!("check --help has no --config:\n{help}"));
+    assert!(
+        line.split("--config <FILE>")
+            .nth(1)
+            .is_some_and(|d| d.trim().len() > 10),
+        "check --help does not describe --config:\n{help}"
+    );
 }
