@@ -1,6 +1,8 @@
 //! The files an operator deploys with, checked as far as this machine can:
-//! `--version` and `check --help`.
+//! `--version` and `check --help`, and the Containerfile (parsed: no container
+//! engine runs here).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -76,4 +78,175 @@ fn check_help_describes_the_config_flag() {
             .is_some_and(|d| d.trim().len() > 10),
         "check --help does not describe --config:\n{help}"
     );
+}
+
+// --- Containerfile -----------------------------------------------------------
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+}
+
+/// One instruction of a Containerfile: its keyword (upper case) and the rest.
+#[derive(Debug)]
+struct Instruction {
+    keyword: String,
+    args: String,
+}
+
+/// Build stages, each a list of instructions starting with its FROM.
+fn containerfile_stages(text: &str) -> Vec<Vec<Instruction>> {
+    let mut logical = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        if trimmed.starts_with('#') {
+            continue; // a comment inside a continued instruction
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                logical.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    assert!(
+        current.is_empty(),
+        "the Containerfile ends inside a continued line"
+    );
+    let mut stages: Vec<Vec<Instruction>> = Vec::new();
+    for line in logical {
+        let (keyword, args) = line.split_once(char::is_whitespace).unwrap_or((&line, ""));
+        let ins = Instruction {
+            keyword: keyword.to_ascii_uppercase(),
+            args: args.trim().to_owned(),
+        };
+        if ins.keyword == "FROM" {
+            stages.push(Vec::new());
+        }
+        match stages.last_mut() {
+            Some(stage) => stage.push(ins),
+            None => assert!(
+                ins.keyword == "ARG",
+                "{} before the first FROM",
+                ins.keyword
+            ),
+        }
+    }
+    stages
+}
+
+fn find<'a>(stage: &'a [Instruction], keyword: &str) -> Vec<&'a str> {
+    stage
+        .iter()
+        .filter(|i| i.keyword == keyword)
+        .map(|i| i.args.as_str())
+        .collect()
+}
+
+#[test]
+fn containerfile_builds_in_a_rust_stage_and_runs_unprivileged_with_a_health_check() {
+    let stages = containerfile_stages(&read("Containerfile"));
+    assert!(stages.len() >= 2, "a multi-stage build: {stages:?}");
+    for stage in &stages {
+        let image = stage[0].args.split_whitespace().next().unwrap_or("");
+        assert!(
+            image.contains(':') && !image.ends_with(":latest"),
+            "every base image has a pinned tag: FROM {}",
+            stage[0].args
+        );
+    }
+
+    let builder = &stages[0];
+    let from = builder[0].args.to_ascii_lowercase();
+    assert!(
+        Regex::new(r"^(docker\.io/(library/)?)?rust:1-bookworm\s+as\s+builder$")
+            .unwrap()
+            .is_match(&from),
+        "first stage is FROM rust:1-bookworm AS builder, not FROM {from}"
+    );
+    assert!(
+        find(builder, "RUN")
+            .iter()
+            .any(|r| r.contains("cargo build --release --locked")),
+        "the builder runs cargo build --release --locked"
+    );
+
+    let runtime = stages.last().unwrap();
+    let base = runtime[0].args.to_ascii_lowercase();
+    assert!(
+        base.starts_with("gcr.io/distroless/cc-debian12") || base.contains("debian:bookworm-slim"),
+        "final stage is distroless/cc or debian:bookworm-slim, not {base}"
+    );
+    assert!(
+        find(runtime, "RUN").is_empty() || base.contains("debian:bookworm-slim"),
+        "a distroless stage has no shell to RUN in"
+    );
+    let copies = find(runtime, "COPY");
+    assert!(
+        copies
+            .iter()
+            .any(|c| c.starts_with("--from=builder")
+                && c.ends_with("/usr/local/bin/mongo-oidc-proxy")),
+        "the binary is copied from the builder: {copies:?}"
+    );
+
+    let users = find(runtime, "USER");
+    let user = users.last().expect("the final stage sets USER");
+    let name = user.split(':').next().unwrap_or("");
+    assert!(
+        !["root", "0", ""].contains(&name),
+        "the final stage runs as a non-root user, not {user}"
+    );
+
+    let exposed: BTreeSet<&str> = find(runtime, "EXPOSE")
+        .iter()
+        .flat_map(|e| e.split_whitespace())
+        .collect();
+    assert!(
+        exposed.contains("27017") && exposed.contains("9216"),
+        "EXPOSE 27017 9216: {exposed:?}"
+    );
+
+    let health = find(runtime, "HEALTHCHECK");
+    let health = health.last().expect("the final stage has a HEALTHCHECK");
+    assert!(
+        health.contains("/healthz") && health.contains("9216"),
+        "{health}"
+    );
+    // Exec form: its program must be in the image (no shell to find it).
+    let cmd = health
+        .split("CMD")
+        .nth(1)
+        .expect("HEALTHCHECK ... CMD [...]");
+    let argv: Vec<String> = serde_json::from_str(cmd.trim()).expect("HEALTHCHECK CMD in exec form");
+    assert!(
+        copies.iter().any(|c| c.ends_with(argv[0].as_str())),
+        "the health-check program {} is copied into the final stage: {copies:?}",
+        argv[0]
+    );
+    let entrypoint = find(runtime, "ENTRYPOINT");
+    assert!(
+        entrypoint
+            .last()
+            .is_some_and(|e| e.contains("/usr/local/bin/mongo-oidc-proxy")),
+        "ENTRYPOINT runs the proxy: {entrypoint:?}"
+    );
+
+    // The build context leaves out the multi-gigabyte build and tool folders.
+    let ignore = read(".dockerignore");
+    let ignored: BTreeSet<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for needed in ["target", ".tools", ".git"] {
+        assert!(ignored.contains(needed), ".dockerignore lacks {needed}");
+    }
 }
