@@ -1,8 +1,9 @@
 //! The files an operator deploys with, checked as far as this machine can:
-//! `--version` and `check --help`, and the Containerfile (parsed: no container
-//! engine runs here).
+//! `--version` and `check --help`, the Containerfile (parsed: no container
+//! engine runs here), and the systemd unit (`systemd-analyze verify` when it is
+//! installed).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -249,4 +250,170 @@ fn containerfile_builds_in_a_rust_stage_and_runs_unprivileged_with_a_health_chec
     for needed in ["target", ".tools", ".git"] {
         assert!(ignored.contains(needed), ".dockerignore lacks {needed}");
     }
+}
+
+// --- systemd -------------------------------------------------------------------
+
+/// `[shutdown] drain_secs` when the config does not set it.
+const DEFAULT_DRAIN_SECS: i64 = 15;
+
+/// `[section] key=value` lines of a unit file; a key may repeat.
+fn unit_settings(text: &str) -> BTreeMap<(String, String), Vec<String>> {
+    let mut settings: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut section = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not key=value: {line}"));
+        settings
+            .entry((section.clone(), key.trim().to_owned()))
+            .or_default()
+            .push(value.trim().to_owned());
+    }
+    settings
+}
+
+const UNIT: &str = "deploy/systemd/mongo-oidc-proxy.service";
+
+#[test]
+fn systemd_unit_checks_reloads_drains_and_is_hardened() {
+    let unit = read(UNIT);
+    let settings = unit_settings(&unit);
+    let get = |key: &str| -> Vec<String> {
+        settings
+            .get(&("Service".to_owned(), key.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let one = |key: &str| -> String {
+        let values = get(key);
+        assert_eq!(values.len(), 1, "{key}= once in [Service]: {values:?}");
+        values[0].clone()
+    };
+    for (key, want) in [
+        ("Type", "exec"),
+        ("KillSignal", "SIGTERM"),
+        ("Restart", "on-failure"),
+        ("LimitNOFILE", "65536"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("ProtectControlGroups", "yes"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+        ("CapabilityBoundingSet", ""),
+    ] {
+        assert_eq!(one(key), want, "{key}=");
+    }
+    assert!(
+        one("User") != "root" || one("DynamicUser") == "yes",
+        "the service runs as its own user"
+    );
+    let timeout: i64 = one("TimeoutStopSec")
+        .parse()
+        .expect("TimeoutStopSec in seconds");
+    assert!(
+        timeout > DEFAULT_DRAIN_SECS + 5,
+        "TimeoutStopSec={timeout} leaves the {DEFAULT_DRAIN_SECS} s drain no margin"
+    );
+    assert!(
+        !get("LoadCredential").is_empty(),
+        "secrets come as credentials"
+    );
+    assert!(get("ReadOnlyPaths")
+        .iter()
+        .any(|p| p.contains("/etc/mongo-oidc-proxy")));
+
+    let reload = get("ExecReload");
+    assert_eq!(
+        reload.last().map(String::as_str),
+        Some("/bin/kill -HUP $MAINPID"),
+        "{reload:?}"
+    );
+    let pre = one("ExecStartPre");
+    let start = one("ExecStart");
+    // The command lines are ones the proxy accepts: against a missing file they
+    // fail reading it, not parsing the arguments.
+    for command in [&pre, &start, &reload[0]] {
+        let argv: Vec<&str> = command.split_whitespace().collect();
+        assert_eq!(argv[0], "/usr/local/bin/mongo-oidc-proxy", "{command}");
+        let config = argv
+            .iter()
+            .position(|a| *a == "--config")
+            .and_then(|i| argv.get(i + 1))
+            .unwrap_or_else(|| panic!("{command} names --config"));
+        assert_eq!(*config, "/etc/mongo-oidc-proxy/config.toml");
+        let args: Vec<&str> = argv[1..]
+            .iter()
+            .map(|a| {
+                if a == config {
+                    "/nonexistent/config.toml"
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let out = proxy(&args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        assert!(
+            text(&out.stderr).contains("cannot read the config file"),
+            "{command}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(pre.contains(" check "), "ExecStartPre runs check: {pre}");
+
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("note: systemd-analyze is not installed (Debian: apt-get install systemd); the unit was not verified by systemd");
+        return;
+    }
+    // systemd insists that the programs exist: point them at the built binary.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("mongo-oidc-proxy.service");
+    std::fs::write(
+        &copy,
+        unit.replace(
+            "/usr/local/bin/mongo-oidc-proxy",
+            env!("CARGO_BIN_EXE_mongo-oidc-proxy"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    // verify exits 0 even on unknown keys and bad values, but says so.
+    assert!(
+        out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+        "systemd-analyze verify refuses the unit:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // Exposure 0 (locked down) .. 10 (unprotected); this unit is about 1.5.
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=25", "--no-pager"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "systemd-analyze security rates the unit above 2.5:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
