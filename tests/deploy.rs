@@ -1,13 +1,16 @@
 //! The files an operator deploys with, checked as far as this machine can:
 //! `--version` and `check --help`, the Containerfile (parsed: no container
-//! engine runs here), and the systemd unit (`systemd-analyze verify` when it is
-//! installed).
+//! engine runs here), the systemd unit (`systemd-analyze verify` when it is
+//! installed), and the Kubernetes manifests (the real `kubernetes-validate`,
+//! installed by `scripts/setup-tools.sh`; the ConfigMap's config through the
+//! proxy's own `check`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use regex::Regex;
+use serde_json::Value;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -416,4 +419,437 @@ fn systemd_unit_checks_reloads_drains_and_is_hardened() {
         text(&out.stdout),
         text(&out.stderr)
     );
+}
+
+// --- Kubernetes -------------------------------------------------------------
+
+/// Kubernetes versions the manifests are validated against: the oldest one
+/// they need (the preStop `sleep` action is on by default from 1.30) and the
+/// newest that the pinned kubernetes-validate knows.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
+const SETUP_HINT: &str = "run scripts/setup-tools.sh (or the README's test command) first";
+
+/// A program from the test tools' venv (`$MOP_TOOLS`, else `<repo>/.tools`).
+fn venv_tool(name: &str) -> PathBuf {
+    let tools = std::env::var_os("MOP_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".tools"));
+    let path = tools.join("venv/bin").join(name);
+    assert!(
+        path.exists(),
+        "test tool missing: {} does not exist; {SETUP_HINT}",
+        path.display()
+    );
+    path
+}
+
+const KUBERNETES: &str = "deploy/kubernetes";
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+}
+
+/// Every document of a YAML file, as JSON, read by PyYAML (which the
+/// validator's venv has).
+fn yaml_documents(path: &Path) -> Vec<Value> {
+    let out = Command::new(venv_tool("python"))
+        .args([
+            "-c",
+            "import json, sys, yaml\n\
+             print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]))",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: not YAML:\n{}",
+        path.display(),
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The CRD-based kinds the validator has no schema for.
+fn is_custom_resource(doc: &Value) -> bool {
+    doc["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("monitoring.coreos.com/"))
+}
+
+#[test]
+fn kubernetes_manifests_pass_kubernetes_validate() {
+    let validator = venv_tool("kubernetes-validate");
+    let mut files = Vec::new();
+    yaml_files(&repo().join(KUBERNETES), &mut files);
+    assert!(files.len() >= 7, "{files:?}");
+    let mut kinds = BTreeSet::new();
+    for file in &files {
+        let docs = yaml_documents(file);
+        assert!(!docs.is_empty(), "{}: no document", file.display());
+        for doc in &docs {
+            kinds.insert(doc["kind"].as_str().unwrap_or("").to_owned());
+            assert!(
+                doc["metadata"]["name"].is_string(),
+                "{}: a name",
+                file.display()
+            );
+        }
+        if docs.iter().any(is_custom_resource) {
+            // No schema for CRDs here: checked structurally below instead.
+            assert!(
+                docs.iter().all(is_custom_resource),
+                "{}: keep CRDs in their own file",
+                file.display()
+            );
+            continue;
+        }
+        let mut cmd = Command::new(&validator);
+        cmd.arg("--strict");
+        for version in KUBERNETES_VERSIONS {
+            cmd.args(["-k", version]);
+        }
+        let out = cmd.arg(file).output().unwrap();
+        let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        // It exits 0 for a kind it has no schema for (a typo in apiVersion,
+        // say) and only warns: a warning is a failure here.
+        assert!(
+            out.status.success() && !report.contains("WARN") && !report.contains("ERROR"),
+            "kubernetes-validate refuses {}:\n{report}",
+            file.display()
+        );
+        let passed = report.matches(" passed for resource ").count();
+        assert_eq!(passed, docs.len() * KUBERNETES_VERSIONS.len(), "{report}");
+    }
+    for kind in [
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "Secret",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} in {KUBERNETES}: {kinds:?}");
+    }
+}
+
+fn manifest(rel: &str) -> Vec<Value> {
+    yaml_documents(&repo().join(KUBERNETES).join(rel))
+}
+
+fn one_of_kind(rel: &str, kind: &str) -> Value {
+    let docs = manifest(rel);
+    assert_eq!(docs.len(), 1, "{rel}");
+    assert_eq!(docs[0]["kind"], kind, "{rel}");
+    docs[0].clone()
+}
+
+/// The mount of a volume, and the volume, for a path the container reads.
+fn volume_for<'a>(
+    pod: &'a Value,
+    container: &'a Value,
+    path: &str,
+) -> Option<(&'a Value, &'a Value)> {
+    container["volumeMounts"].as_array()?.iter().find_map(|m| {
+        let mount = m["mountPath"].as_str()?;
+        let inside = match m["subPath"].as_str() {
+            Some(_) => path == mount,
+            None => Path::new(path).starts_with(mount),
+        };
+        if !inside {
+            return None;
+        }
+        let volume = pod["volumes"]
+            .as_array()?
+            .iter()
+            .find(|v| v["name"] == m["name"])?;
+        Some((m, volume))
+    })
+}
+
+fn port_number(container: &Value, name: &str) -> i64 {
+    container["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["name"] == name))
+        .and_then(|p| p["containerPort"].as_i64())
+        .unwrap_or_else(|| panic!("no container port named {name}"))
+}
+
+#[test]
+fn kubernetes_deployment_serves_the_configmap_config_with_secrets_and_probes() {
+    let deployment = one_of_kind("deployment.yaml", "Deployment");
+    let configmap = one_of_kind("configmap.yaml", "ConfigMap");
+    let secrets = manifest("examples/secrets.yaml");
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"], 3);
+    let pod = &spec["template"]["spec"];
+    let labels = &spec["template"]["metadata"]["labels"];
+    assert_eq!(&spec["selector"]["matchLabels"], labels);
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+
+    // The config the pods run: valid for the proxy as it stands.
+    let config_text = configmap["data"]["config.toml"]
+        .as_str()
+        .expect("data.config.toml");
+    let config = mongo_oidc_proxy::config::Config::parse(config_text)
+        .unwrap_or_else(|e| panic!("the ConfigMap's config.toml is refused: {e}"));
+    let raw: toml::Table = toml::from_str(config_text).unwrap();
+    let drain_secs = raw
+        .get("shutdown")
+        .and_then(|s| s.get("drain_secs"))
+        .and_then(toml::Value::as_integer)
+        .unwrap_or(DEFAULT_DRAIN_SECS);
+
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let config_path = args
+        .iter()
+        .position(|a| *a == "--config")
+        .and_then(|i| args.get(i + 1))
+        .expect("the container runs --config FILE");
+    let (mount, volume) = volume_for(pod, c, config_path).expect("the config file is mounted");
+    assert_eq!(volume["configMap"]["name"], configmap["metadata"]["name"]);
+    assert_eq!(mount["subPath"], "config.toml");
+
+    // Ports: the config listens where the container, probes and Service say.
+    assert_eq!(
+        i64::from(config.listen.address.port()),
+        port_number(c, "mongodb")
+    );
+    let metrics = config
+        .metrics
+        .as_ref()
+        .expect("[metrics] is on in Kubernetes");
+    assert!(
+        metrics.address.ip().is_unspecified(),
+        "the kubelet reaches /metrics from outside the pod"
+    );
+    assert!(config.listen.address.ip().is_unspecified());
+    assert_eq!(i64::from(metrics.address.port()), port_number(c, "metrics"));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{probe}");
+    }
+    let annotations = &spec["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        annotations["prometheus.io/port"],
+        metrics.address.port().to_string()
+    );
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+
+    // Shutdown: the Service stops routing during preStop, then SIGTERM drains.
+    let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_i64()
+        .expect("preStop sleep");
+    assert!((2..=15).contains(&pre_stop), "preStop sleep {pre_stop}");
+    let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap();
+    assert!(
+        grace > pre_stop + drain_secs,
+        "terminationGracePeriodSeconds {grace} must exceed preStop {pre_stop} + drain_secs {drain_secs}"
+    );
+
+    // Security and resources.
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert!(sc["capabilities"]["add"].is_null());
+    for kind in ["requests", "limits"] {
+        assert!(
+            c["resources"][kind]["memory"].is_string(),
+            "resources.{kind}.memory"
+        );
+    }
+    assert!(c["resources"]["requests"]["cpu"].is_string());
+
+    // Secrets: the TLS pair and every grant's password come from Secrets the
+    // examples define, under the names the config uses.
+    let secret = |name: &str| -> &Value {
+        secrets
+            .iter()
+            .find(|s| s["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("examples/secrets.yaml has no Secret {name}"))
+    };
+    let secret_file = |path: &Path, what: &str| {
+        let path = path.to_str().unwrap();
+        let (mount, volume) =
+            volume_for(pod, c, path).unwrap_or_else(|| panic!("{what} {path} is not mounted"));
+        let name = volume["secret"]["secretName"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what} {path} is not from a Secret"));
+        let file = Path::new(path)
+            .strip_prefix(mount["mountPath"].as_str().unwrap())
+            .unwrap();
+        let key = match volume["secret"]["items"].as_array() {
+            Some(items) => items
+                .iter()
+                .find(|i| i["path"].as_str() == file.to_str())
+                .and_then(|i| i["key"].as_str())
+                .unwrap_or_else(|| panic!("{what}: no item has path {}", file.display())),
+            None => file.to_str().unwrap(),
+        };
+        let s = secret(name);
+        assert!(
+            s["stringData"][key].is_string() || s["data"][key].is_string(),
+            "Secret {name} has no {key}"
+        );
+        s["type"].as_str().unwrap_or("").to_owned()
+    };
+    assert_eq!(
+        secret_file(&config.listen.tls_cert, "tls_cert"),
+        "kubernetes.io/tls"
+    );
+    assert_eq!(
+        secret_file(&config.listen.tls_key, "tls_key"),
+        "kubernetes.io/tls"
+    );
+    let env = c["env"].as_array().cloned().unwrap_or_default();
+    for (i, grant) in config.grant.iter().enumerate() {
+        if let Some(file) = &grant.backend_password_file {
+            secret_file(file, &format!("grant[{i}].backend_password_file"));
+        }
+        if let Some(var) = &grant.backend_password_env {
+            let from = env
+                .iter()
+                .find(|e| e["name"] == var.as_str())
+                .map(|e| &e["valueFrom"]["secretKeyRef"])
+                .unwrap_or_else(|| panic!("grant[{i}]: no env {var}"));
+            let s = secret(from["name"].as_str().expect("env from a Secret"));
+            assert!(
+                s["stringData"][from["key"].as_str().unwrap()].is_string(),
+                "{var}: {from}"
+            );
+        }
+    }
+    for s in &secrets {
+        let data = s["stringData"]
+            .as_object()
+            .expect("examples use stringData");
+        for (key, value) in data {
+            assert!(
+                value.as_str().unwrap().contains("PLACEHOLDER"),
+                "{key} is an obvious placeholder"
+            );
+        }
+    }
+
+    // The proxy's own check accepts this config once the files exist: the
+    // mount paths are moved into a temporary folder holding dev certificates.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = mongo_oidc_proxy::devcerts::generate(&dir.path().join("certs"), &[]).unwrap();
+    let mut local = config_text
+        .replace(
+            config.listen.tls_cert.to_str().unwrap(),
+            certs.server_cert.to_str().unwrap(),
+        )
+        .replace(
+            config.listen.tls_key.to_str().unwrap(),
+            certs.server_key.to_str().unwrap(),
+        );
+    let mut env_vars = Vec::new();
+    for grant in &config.grant {
+        if let Some(file) = &grant.backend_password_file {
+            let local_file = dir.path().join(file.file_name().unwrap());
+            std::fs::write(&local_file, "placeholder-password").unwrap();
+            local = local.replace(file.to_str().unwrap(), local_file.to_str().unwrap());
+        }
+        if let Some(var) = &grant.backend_password_env {
+            env_vars.push((var.as_str(), "placeholder-password"));
+        }
+    }
+    assert!(
+        !local.contains("/etc/mongo-oidc-proxy"),
+        "every file path was moved:\n{local}"
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, local).unwrap();
+    let out = proxy(&["check", "--config", path.to_str().unwrap()], &env_vars);
+    assert!(
+        out.status.success(),
+        "check refuses the ConfigMap's config: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn kubernetes_service_budget_autoscaler_and_monitor_select_the_proxies() {
+    let deployment = one_of_kind("deployment.yaml", "Deployment");
+    let labels = deployment["spec"]["template"]["metadata"]["labels"].clone();
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+
+    let service = one_of_kind("service.yaml", "Service");
+    assert_eq!(service["spec"]["selector"], labels);
+    let ports = service["spec"]["ports"].as_array().unwrap();
+    let mut by_name = BTreeMap::new();
+    for p in ports {
+        let target = p["targetPort"].as_str().expect("named targetPort");
+        port_number(c, target);
+        by_name.insert(
+            p["name"].as_str().unwrap().to_owned(),
+            p["port"].as_i64().unwrap(),
+        );
+    }
+    assert_eq!(by_name.get("mongodb"), Some(&27017));
+    assert_eq!(by_name.get("metrics"), Some(&9216));
+
+    let pdb = one_of_kind("poddisruptionbudget.yaml", "PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], labels);
+    let spec = &pdb["spec"];
+    assert!(
+        spec["maxUnavailable"] == 1 || spec["minAvailable"] == 2,
+        "one proxy out at a time: {spec}"
+    );
+
+    let hpa = one_of_kind("horizontalpodautoscaler.yaml", "HorizontalPodAutoscaler");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    assert!(hpa["spec"]["minReplicas"].as_i64().unwrap() >= 2);
+    let metrics = hpa["spec"]["metrics"].as_array().unwrap();
+    assert!(
+        metrics.iter().any(|m| m["resource"]["name"] == "cpu"),
+        "{metrics:?}"
+    );
+
+    // No schema for the CRD: the parts that must line up with the Service.
+    let monitor = one_of_kind("prometheus-operator/servicemonitor.yaml", "ServiceMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    for (k, v) in selector {
+        assert_eq!(
+            &service["metadata"]["labels"][k], v,
+            "the ServiceMonitor selects the Service"
+        );
+    }
+    let endpoints = monitor["spec"]["endpoints"].as_array().unwrap();
+    assert!(!endpoints.is_empty());
+    for e in endpoints {
+        let port = e["port"].as_str().expect("endpoint names a Service port");
+        assert!(by_name.contains_key(port), "{port}");
+        assert_eq!(e["path"], "/metrics");
+    }
 }
