@@ -1,9 +1,9 @@
 //! The files an operator deploys with, checked as far as this machine can:
 //! `--version` and `check --help`, the Containerfile (parsed: no container
 //! engine runs here), the systemd unit (`systemd-analyze verify` when it is
-//! installed), and the Kubernetes manifests (the real `kubernetes-validate`,
+//! installed), the Kubernetes manifests (the real `kubernetes-validate`,
 //! installed by `scripts/setup-tools.sh`; the ConfigMap's config through the
-//! proxy's own `check`).
+//! proxy's own `check`), and config.example.toml's layout.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -851,5 +851,33 @@ fn kubernetes_service_budget_autoscaler_and_monitor_select_the_proxies() {
         let port = e["port"].as_str().expect("endpoint names a Service port");
         assert!(by_name.contains_key(port), "{port}");
         assert_eq!(e["path"], "/metrics");
+    }
+}
+
+// --- config.example.toml ------------------------------------------------------
+
+#[test]
+fn example_config_puts_top_level_keys_before_the_first_table() {
+    let example = read("config.example.toml");
+    let first_table = example
+        .lines()
+        .position(|l| l.trim_start().starts_with('['))
+        .expect("a [table]");
+    for key in ["identity_providers_json", "identity_providers_file"] {
+        let at = example
+            .lines()
+            .position(|l| {
+                l.trim_start()
+                    .trim_start_matches('#')
+                    .trim_start()
+                    .starts_with(key)
+            })
+            .unwrap_or_else(|| panic!("config.example.toml does not show {key}"));
+        assert!(
+            at < first_table,
+            "{key} (line {}) must come before the first table (line {})",
+            at + 1,
+            first_table + 1
+        );
     }
 }
