@@ -3,10 +3,11 @@
 //! engine runs here), the systemd unit (`systemd-analyze verify` when it is
 //! installed), the Kubernetes manifests (the real `kubernetes-validate`,
 //! installed by `scripts/setup-tools.sh`; the ConfigMap's config through the
-//! proxy's own `check`), and config.example.toml's layout.
+//! proxy's own `check`), config.example.toml's layout, and that no tracked file
+//! points outside the repository.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Output};
 
 use regex::Regex;
@@ -880,4 +881,92 @@ fn example_config_puts_top_level_keys_before_the_first_table() {
             first_table + 1
         );
     }
+}
+
+// --- the repository stands alone ------------------------------------------
+
+/// Documents of the founders' folder outside the repository. This file is
+/// the one that names them (to look for them) and is not scanned.
+const OUTSIDE_DOCUMENTS: [&str; 5] = [
+    "OIDC-REFERENCE",
+    "CLIENTS.md",
+    "BACKEND.md",
+    "PEERS.md",
+    "DESIGN.md",
+];
+
+/// Whether `ups` times `../` from `file`'s folder leads above the repository's root.
+fn escapes_repository(file: &str, ups: usize) -> bool {
+    let depth = Path::new(file).parent().map_or(0, |p| {
+        p.components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .count()
+    });
+    ups > depth
+}
+
+#[test]
+fn no_tracked_file_refers_to_paths_outside_the_repository() {
+    let Some(listing) = git(&["ls-files", "-z"]) else {
+        println!("note: not a git work tree (a source tarball?): nothing to scan");
+        return;
+    };
+    let tracked: Vec<&str> = listing.split('\0').filter(|f| !f.is_empty()).collect();
+    let basenames: BTreeSet<&str> = tracked
+        .iter()
+        .filter_map(|f| Path::new(f).file_name()?.to_str())
+        .collect();
+    // The founders' folder: `shared/` not preceded by a path character.
+    let shared = Regex::new(r"(^|[^A-Za-z0-9_./-])shared/").unwrap();
+    let ups = Regex::new(r"(^|[^A-Za-z0-9_.-])((\.\./)+)").unwrap();
+    let machine = Regex::new(r"(^|[^A-Za-z0-9_.-])/work/").unwrap();
+    let mut offenders = Vec::new();
+    for file in &tracked {
+        let name = Path::new(file)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
+        if ["Cargo.lock", "package-lock.json"].contains(&name) || *file == "tests/deploy.rs" {
+            continue;
+        }
+        let Ok(content) = std::fs::read_to_string(repo().join(file)) else {
+            continue; // binary, or deleted in the work tree
+        };
+        for (n, line) in content.lines().enumerate() {
+            let mut why = Vec::new();
+            if shared.is_match(line) {
+                why.push("shared/".to_owned());
+            }
+            for doc in OUTSIDE_DOCUMENTS {
+                // A document of that name inside the repository may be named.
+                if line.contains(doc) && !basenames.iter().any(|b| b.starts_with(doc)) {
+                    why.push(doc.to_owned());
+                }
+            }
+            for caps in ups.captures_iter(line) {
+                let count = caps[2].len() / 3;
+                if escapes_repository(file, count) {
+                    why.push(caps[2].to_owned());
+                }
+            }
+            if machine.is_match(line) {
+                why.push("/work/".to_owned());
+            }
+            if !why.is_empty() {
+                offenders.push(format!(
+                    "{file}:{}: {} — {}",
+                    n + 1,
+                    why.join(", "),
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "tracked files refer to paths outside the repository (the founders' folder and its \
+         documents are not part of it; say what they said in the repository's own docs, e.g. \
+         docs/protocol.md):\n{}",
+        offenders.join("\n")
+    );
 }
