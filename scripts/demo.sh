@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-tools.sh
 export MOP_TOOLS="$PWD/.tools"
-echo "==> building mongo-oidc-proxy (release; the first build takes a few minutes)"
-exec cargo run --release --quiet -- demo "$@"
+echo "==> building mongo-oidc-proxy (release; the first build takes a few minutes, cargo shows its progress)"
+exec cargo run --release -- demo "$@"

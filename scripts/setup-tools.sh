@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real third-party software the integration tests run against,
 # inside the repository (nothing global):
-#   .tools/venv  python venv with SecantusDB (backend, `secantusd-py`) and pymongo
+#   .tools/venv  python venv with SecantusDB (backend, `secantusd-py`) and pymongo,
+#                and kubernetes-validate (checks deploy/kubernetes/ in tests/deploy.rs)
 #   .tools/npm   the Node `mongodb` driver, mongosh and @mongodb-js/oidc-mock-provider
 # Idempotent: each step writes a stamp file holding its pinned versions and is
 # skipped when the stamp matches. Needs python3 (with venv), node and npm.
@@ -11,6 +12,7 @@ set -euo pipefail
 
 SECANTUS_VERSION="0.7.0b3"
 PYMONGO_VERSION="4.20.0"
+KUBERNETES_VALIDATE_VERSION="1.37.0"
 # The npm tree is pinned by scripts/tools-npm/package-lock.json (mongodb 7.9.0,
 # mongosh 2.12.0, @mongodb-js/oidc-mock-provider 0.13.18 and every transitive
 # dependency): resolving ranges afresh can pick versions the registry lacks.
@@ -62,6 +64,25 @@ else
         die "the venv cannot import secantus/pymongo after the install"
     [ -x "$TOOLS/venv/bin/secantusd-py" ] || die "secantusd-py missing from $TOOLS/venv/bin after the install"
     echo "$PY_PINS" >"$PY_STAMP"
+fi
+
+# --- python venv: kubernetes-validate (deployment manifests) ----------------
+KV_REQS="$REPO/scripts/tools-requirements-deploy.txt"
+[ -f "$KV_REQS" ] || die "$KV_REQS is missing"
+grep -qx "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "$KV_REQS" ||
+    die "$KV_REQS does not pin kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+KV_PINS="kubernetes-validate==$KUBERNETES_VALIDATE_VERSION reqs:$(sha256sum "$KV_REQS" | cut -c1-16)"
+KV_STAMP="$TOOLS/venv/.mop-stamp-deploy"
+if [ -x "$TOOLS/venv/bin/kubernetes-validate" ] && [ "$(cat "$KV_STAMP" 2>/dev/null)" = "$KV_PINS" ]; then
+    log "kubernetes-validate up to date ($KUBERNETES_VALIDATE_VERSION)"
+else
+    log "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION (scripts/tools-requirements-deploy.txt) into $TOOLS/venv ..."
+    rm -f "$KV_STAMP"
+    "$TOOLS/venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$KV_REQS" ||
+        die "pip install -r $KV_REQS failed"
+    [ "$("$TOOLS/venv/bin/kubernetes-validate" --version 2>/dev/null)" = "$KUBERNETES_VALIDATE_VERSION" ] ||
+        die "kubernetes-validate $KUBERNETES_VALIDATE_VERSION missing from $TOOLS/venv/bin after the install"
+    echo "$KV_PINS" >"$KV_STAMP"
 fi
 
 # --- npm: node driver, mongosh, mock IdP ------------------------------------

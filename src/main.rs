@@ -8,7 +8,7 @@ use mongo_oidc_proxy::config::{Config, LogFormat};
 
 /// A TLS-terminating MongoDB proxy that signs clients in with MONGODB-OIDC.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(version = env!("MOP_VERSION"), about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// The TOML config file to run with (see README.md for every field).
     #[arg(
@@ -35,6 +35,7 @@ struct Cli {
 enum Command {
     /// Validate a config file and exit non-zero naming the first bad field.
     Check {
+        /// The TOML config file to validate: its fields, the grants' passwords and the TLS files.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
     },

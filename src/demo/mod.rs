@@ -105,6 +105,8 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         &alice,
         &bob,
         &config_path,
+        &grants,
+        args.backend_uri.as_deref(),
     );
     running.run_until_signal().await;
     Ok(())
@@ -235,6 +237,8 @@ fn demo_config(
     text
 }
 
+/// The banner: where everything is, and what the demo granted to whom.
+#[allow(clippy::too_many_arguments)]
 fn print_instructions(
     addr: SocketAddr,
     metrics: Option<SocketAddr>,
@@ -243,6 +247,8 @@ fn print_instructions(
     alice: &Path,
     bob: &Path,
     config: &Path,
+    grants: &[DemoGrant],
+    external_backend: Option<&str>,
 ) {
     let host = if addr.ip().is_loopback() {
         format!("localhost:{}", addr.port())
@@ -253,6 +259,24 @@ fn print_instructions(
         "mongodb://{host}/?tls=true&tlsCAFile={}&authMechanism=MONGODB-OIDC",
         ca.display()
     );
+    // The tokens' groups, as run() writes them, against the grants it configured.
+    let access = |who: &str, group: &str| match grants.iter().find(|g| g.role == group) {
+        Some(g) => format!(
+            "{who} (group {group}) runs as backend user {}",
+            g.backend_user
+        ),
+        None => format!(
+            "{who} (group {group}) matches no grant: signed in, but every command is refused (13)"
+        ),
+    };
+    let rights = match external_backend {
+        None => "SecantusDB started here: demo_rw has readWriteAnyDatabase, demo_ro readAnyDatabase, \
+                 so bob may read but his writes are refused by the backend (13)"
+            .to_string(),
+        Some(backend) => format!(
+            "backend {backend}: its user's own roles there decide what alice may do; the demo created no users"
+        ),
+    };
     println!(
         r#"
 mongo-oidc-proxy demo is running (Ctrl-C stops everything).
@@ -262,16 +286,23 @@ mongo-oidc-proxy demo is running (Ctrl-C stops everything).
   config            {config}
   metrics           {metrics}
 
-Sign in with mongosh (device flow; the development IdP approves at once):
+What the demo granted (the [[grant]] tables in the config above):
+  {alice_access}
+  {bob_access}
+  ({rights})
+
+Sign in with mongosh (device flow; the development IdP approves at once, as group readWrite):
   .tools/npm/node_modules/.bin/mongosh "{uri}" --oidcFlows=device-auth
 
 Sign in with pymongo and a ready-made token (alice: group readWrite; bob: group read):
   OIDC_TOKEN_FILE={alice} .tools/venv/bin/python -c 'import pymongo; c = pymongo.MongoClient("{uri}&authMechanismProperties=ENVIRONMENT:test"); print(c.demo.things.insert_one({{"hello": "world"}}).inserted_id); print(c.admin.command("connectionStatus")["authInfo"])'
-  OIDC_TOKEN_FILE={bob} ... (bob may read but not write)
+  OIDC_TOKEN_FILE={bob} ... (the same command with bob's token)
 "#,
         metrics = metrics.map_or("off".to_string(), |m| format!("http://{m}/metrics")),
         alice = alice.display(),
         bob = bob.display(),
         config = config.display(),
+        alice_access = access("alice", "readWrite"),
+        bob_access = access("bob", "read"),
     );
 }
