@@ -1,5 +1,5 @@
 //! The backend client against a real SecantusDB server (a MongoDB-wire
-//! compatible database; see BACKEND.md).
+//! compatible database).
 //!
 //! Finds `secantusd-py` as the other tests do ($MOP_SECANTUSD, then the
 //! venv of scripts/setup-tools.sh); pymongo must be in the same venv. Fails,
@@ -63,7 +63,7 @@ impl Secantus {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let s = Secantus { child, port, log };
         // Wait for the log line rather than probing the port: an idle probe
-        // socket blocks Secantus's TLS accept thread (BACKEND.md).
+        // socket blocks Secantus's TLS accept thread (SecantusDB handshakes TLS on its accept thread).
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if s.log_text().contains("listening on") {

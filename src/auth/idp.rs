@@ -1,5 +1,5 @@
-//! The identity-provider registry: IdP selection for step 1 (OIDC-REFERENCE
-//! §1.2), the IdP lookup for a token (§1.3), and full token verification with
+//! The identity-provider registry: IdP selection for step 1 (as mongod
+//! does), the IdP lookup for a token (§1.3), and full token verification with
 //! a cache of verified tokens for pooled drivers.
 
 use std::sync::Arc;
@@ -215,8 +215,8 @@ impl IdpRegistry {
         self.providers.is_empty()
     }
 
-    /// Step-1 IdP selection (OIDC-REFERENCE §1.2). Machine IdPs are
-    /// selectable by hint (departure table).
+    /// Step-1 IdP selection as mongod does it. Machine IdPs are
+    /// selectable by hint too (docs/protocol.md lists this departure).
     pub fn select_for_hint(&self, hint: Option<&str>) -> Result<usize, AuthFailure> {
         let fail = |m: String| Err(AuthFailure::NoIdentityProvider(m));
         if self.providers.is_empty() {

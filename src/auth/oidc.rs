@@ -1,6 +1,6 @@
 //! The server side of the MONGODB-OIDC SASL conversation: parsing
 //! `saslStart`/`saslContinue`, the one-step (machine) and two-step (human)
-//! flows, and the replies, as OIDC-REFERENCE.md describes mongod's.
+//! flows, and the replies, as mongod sends them (docs/protocol.md).
 
 use std::borrow::Cow;
 

@@ -16,7 +16,7 @@
 //! Google "Verify a Google ID token" / metadata-server identity tokens,
 //! Keycloak server admin guide (realm tokens, group membership mapper),
 //! PingOne "Access tokens" reference, and `@mongodb-js/oidc-mock-provider`
-//! 0.13.18 (CLIENTS.md §7).
+//! 0.13.18.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,4 @@
-//! Validation of `[[identity_provider]]` entries (OIDC-REFERENCE §2.2).
+//! Validation of `[[identity_provider]]` entries (mongod's rules for `oidcIdentityProviders`).
 //! Each error names the field as `identity_provider[i].name` and says what to do.
 
 use super::{ConfigError, IdentityProviderConfig};

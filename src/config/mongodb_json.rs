@@ -1,5 +1,5 @@
 //! MongoDB's own `oidcIdentityProviders` setting, accepted as JSON so an
-//! operator can paste their mongod value unchanged (OIDC-REFERENCE §2.1/§2.2):
+//! operator can paste their mongod value unchanged (mongod's field names and rules):
 //!
 //! ```toml
 //! # a TOML literal string: ''' when the JSON spans several lines

@@ -1,7 +1,7 @@
 //! A built-in development OpenID Connect identity provider, loopback only.
 //!
 //! It serves what MongoDB clients and the proxy need from an IdP, shaped like
-//! MongoDB's `@mongodb-js/oidc-mock-provider` (see `CLIENTS.md` §7) so that
+//! MongoDB's `@mongodb-js/oidc-mock-provider` so that
 //! mongosh, the drivers and the proxy's JWKS cache can be exercised without
 //! Node or a real IdP:
 //!

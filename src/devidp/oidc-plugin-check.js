@@ -27,7 +27,7 @@ const plugin = createMongoDBOIDCPlugin({
   redirectURI: 'http://localhost:27197/redirect',
   passIdTokenAsAccessToken: extra === 'idtoken',
   openBrowser: async ({ url }) => {
-    // Headless "browser": follow the redirects like CLIENTS.md §5.2's browser.sh.
+    // Headless "browser": follow the redirects like tests/clients/browser.sh.
     await new Promise((res, rej) => execFile('curl', ['-sS', '-L', '-o', '/dev/null', '-w', '%{url_effective} %{http_code}', url],
       (e, out) => { console.log('BROWSER', out); e ? rej(e) : res(); }));
   },

@@ -1,5 +1,5 @@
 #!/bin/sh
-# mongosh's --browser for the auth-code flow in tests (CLIENTS.md §5.2):
+# mongosh's --browser for the auth-code flow in tests :
 # mongosh runs "browser.sh <url>"; curl follows the redirects a browser would
 # (mongosh's local page -> the IdP's /authorize -> back to the redirect URI ->
 # success page), so the flow completes with no human. Logs to the file named

@@ -15,7 +15,7 @@
 //!
 //! mongosh against the proxy needs no script; the human (device-auth) flow
 //! completes on its own because the mock IdP grants device codes on the first
-//! poll (CLIENTS.md §5.3):
+//! poll:
 //!
 //! ```text
 //! mongosh "mongodb://localhost:PORT/?authMechanism=MONGODB-OIDC&tls=true&tlsCAFile=CA" \
