@@ -43,6 +43,7 @@ struct Grant {
     backend: Arc<BackendIdentity>,
     client_source: Vec<IpNet>,
     expires: Option<SystemTime>,
+    admin: bool,
 }
 
 /// The outcome of [`Grants::decide`].
@@ -53,6 +54,8 @@ pub enum Decision {
         backend: Arc<BackendIdentity>,
         /// The grant's `expires`: a temporary grant ends live sessions too.
         expires: Option<SystemTime>,
+        /// The grant allows the proxy's administrative commands.
+        admin: bool,
     },
     Denied,
 }
@@ -104,6 +107,7 @@ impl Grants {
                 grant,
                 backend: g.backend.clone(),
                 expires: g.expires,
+                admin: g.admin,
             })
     }
 }
@@ -181,6 +185,7 @@ fn parse_grant(i: usize, g: &GrantConfig, secrets: Secrets) -> Result<Grant, Con
         backend,
         client_source,
         expires,
+        admin: g.admin,
     })
 }
 

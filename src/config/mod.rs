@@ -126,6 +126,10 @@ pub struct GrantConfig {
     pub client_source: Vec<String>,
     #[serde(default)]
     pub expires: Option<String>,
+    /// May run the proxy's administrative commands (`oidcListKeys`,
+    /// `oidcRefreshKeys`, and `configureFailPoint` when test commands are on).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -310,6 +310,7 @@ mod tests {
                 password: "pw".into(),
             }),
             expires: None,
+            admin: false,
         }
     }
 

@@ -71,6 +71,7 @@ pub enum Access {
         grant: usize,
         backend: Arc<BackendIdentity>,
         expires: Option<SystemTime>,
+        admin: bool,
     },
     /// Signed in, but no grant names the caller: every command is refused.
     Refused,
@@ -83,10 +84,12 @@ impl Access {
                 grant,
                 backend,
                 expires,
+                admin,
             } => Access::Granted {
                 grant,
                 backend,
                 expires,
+                admin,
             },
             Decision::Denied => Access::Refused,
         }
@@ -94,6 +97,11 @@ impl Access {
 
     fn is_granted(&self) -> bool {
         matches!(self, Access::Granted { .. })
+    }
+
+    /// Whether the grant allows the proxy's administrative commands.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Access::Granted { admin: true, .. })
     }
 }
 
@@ -213,7 +221,10 @@ fn check(session: &mut SignedIn, policy: &Policy<'_>, peer: IpAddr, now: u64) ->
         // far: decided afresh at re-authentication. A grant that still
         // matches but names another backend user applies to new sign-ins;
         // the open session keeps its backend identity and connection.
-        if access.is_granted() != session.access.is_granted() {
+        // Administrative rights follow the new config at once.
+        if access.is_granted() != session.access.is_granted()
+            || access.is_admin() != session.access.is_admin()
+        {
             return Some(Expiry::GrantChanged);
         }
         session.runtime_version = policy.version;
