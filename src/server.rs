@@ -17,7 +17,7 @@ use tracing::{info, warn, Instrument};
 use crate::config::{Config, ConfigError};
 use crate::metrics::{self, Metrics, MetricsSink};
 use crate::runtime::{Runtime, Shared, Stage};
-use crate::session::events::{LogSink, Sinks};
+use crate::session::events::{LogSink, OperatorEvent, Sinks};
 use crate::session::Session;
 
 /// After the drain period, how long interrupted sessions get to say so.
@@ -99,15 +99,15 @@ impl Running {
             Ok(config) => self.reload_with(config).await,
             Err(e) => Err(e),
         };
-        self.metrics.count_reload(result.is_ok());
-        match &result {
-            Ok(r) => {
-                info!(config = %path.display(), changes = %r.changes, "configuration reloaded")
-            }
-            Err(e) => {
-                warn!(config = %path.display(), error = %e, "configuration reload refused; the running configuration keeps serving")
-            }
-        }
+        let detail = match &result {
+            Ok(r) => r.changes.clone(),
+            Err(e) => e.to_string(),
+        };
+        self.shared.sinks.operator(&OperatorEvent::Reload {
+            ok: result.is_ok(),
+            path: &path.display().to_string(),
+            detail: &detail,
+        });
         result
     }
 

@@ -15,7 +15,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::session::events::{BackendStage, ConnInfo, Disposition, Event, Sink};
+use crate::session::events::{BackendStage, ConnInfo, Disposition, Event, OperatorEvent, Sink};
 use crate::session::phase::{Access, Expiry};
 use crate::session::{CloseReason, Refused};
 
@@ -371,6 +371,12 @@ impl Sink for MetricsSink {
             }
             Event::SessionEnded { reason, .. } => m.count_closed(*reason),
             Event::Refused { .. } => {}
+        }
+    }
+
+    fn operator(&self, event: &OperatorEvent<'_>) {
+        match event {
+            OperatorEvent::Reload { ok, .. } => self.0.count_reload(*ok),
         }
     }
 }

@@ -75,6 +75,8 @@ pub enum Event<'a> {
         session: &'a SignedIn,
         reauthenticated: bool,
         issuer: &'a str,
+        /// `client.application.name` from the client's hello, if it sent one.
+        app_name: Option<&'a str>,
     },
     SignInFailed {
         failure: &'a AuthFailure,
@@ -107,9 +109,24 @@ pub enum Event<'a> {
     },
 }
 
+/// Something an operator did, outside any client session.
+#[derive(Debug)]
+pub enum OperatorEvent<'a> {
+    /// A configuration reload (SIGHUP or the admin endpoint): what changed,
+    /// or why it was refused.
+    Reload {
+        ok: bool,
+        path: &'a str,
+        detail: &'a str,
+    },
+}
+
 /// A subscriber to session events.
 pub trait Sink: Send + Sync {
     fn emit(&self, conn: &ConnInfo, event: &Event<'_>);
+
+    /// Operator actions; most sinks only care about sessions.
+    fn operator(&self, _event: &OperatorEvent<'_>) {}
 }
 
 /// Every sink the proxy runs with.
@@ -124,6 +141,12 @@ impl Sinks {
     pub fn emit(&self, conn: &ConnInfo, event: &Event<'_>) {
         for sink in &self.0 {
             sink.emit(conn, event);
+        }
+    }
+
+    pub fn operator(&self, event: &OperatorEvent<'_>) {
+        for sink in &self.0 {
+            sink.operator(event);
         }
     }
 }
@@ -151,6 +174,7 @@ impl Sink for LogSink {
                 session,
                 reauthenticated,
                 issuer,
+                app_name,
             } => {
                 let (grant, backend_user) = match &session.access {
                     Access::Granted { grant, backend, .. } => {
@@ -165,7 +189,7 @@ impl Sink for LogSink {
                 } else {
                     tracing::info!(conn = conn_id, %peer, user = %id.user, roles = ?id.roles, issuer,
                         flow = session.flow.label(), claims = ?id.log_claims, grant, backend_user,
-                        reauthenticated, "signed in");
+                        reauthenticated, app = ?app_name, "signed in");
                 }
             }
             // Debug-formatted: the reason quotes token fields (issuer, kid,
@@ -195,6 +219,22 @@ impl Sink for LogSink {
                 seconds = duration.as_secs_f64(), user = ?user, "session ended")
             }
             Event::BackendConnected { .. } | Event::AuthStep { .. } | Event::Relayed { .. } => {}
+        }
+    }
+
+    fn operator(&self, event: &OperatorEvent<'_>) {
+        match event {
+            OperatorEvent::Reload {
+                ok: true,
+                path,
+                detail,
+            } => tracing::info!(config = %path, changes = %detail, "configuration reloaded"),
+            OperatorEvent::Reload {
+                ok: false,
+                path,
+                detail,
+            } => tracing::warn!(config = %path, error = %detail,
+                "configuration reload refused; the running configuration keeps serving"),
         }
     }
 }

@@ -591,6 +591,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             session: &session,
             reauthenticated,
             issuer,
+            app_name: None,
         });
         self.phase = Phase::SignedIn(Box::new(session));
         Ok(())
