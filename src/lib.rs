@@ -50,7 +50,8 @@
 //! - [`authz`]: user and role names, grants that pick the backend identity.
 //! - [`backend`]: URI parsing, connections, SCRAM-SHA-256, primary discovery,
 //!   and forwarding replies as they arrive.
-//! - [`runtime`]: the runtime builder and the state sessions share.
+//! - [`runtime`]: the runtime builder and the state sessions share;
+//!   [`admission`]: what each client address may hold and has failed.
 //! - [`session`]: one client connection, as above.
 //! - [`server`]: listener, TLS ([`tls`]), connection limit, signals, reload,
 //!   drain; [`fdlimit`]: the file-descriptor limit against `max_connections`.
@@ -61,6 +62,7 @@
 //!   development identity provider and the `demo` subcommand (SecantusDB
 //!   launcher in [`demo::secantus`]), used by the demo and the tests.
 
+pub mod admission;
 pub mod auth;
 pub mod authz;
 pub mod backend;

@@ -142,6 +142,8 @@ pub struct Shared {
     pub stage: watch::Receiver<Stage>,
     /// Returned as `serviceId` to load-balanced clients.
     pub service_id: bson::oid::ObjectId,
+    /// What each client address holds and has failed.
+    pub admission: crate::admission::Table,
     next_connection_id: AtomicI32,
 }
 
@@ -152,6 +154,7 @@ impl Shared {
             sinks,
             stage,
             service_id: bson::oid::ObjectId::new(),
+            admission: crate::admission::Table::default(),
             next_connection_id: AtomicI32::new(1),
         }
     }

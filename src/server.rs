@@ -12,12 +12,13 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
+use crate::admission::Refusal;
 use crate::config::{Config, ConfigError};
 use crate::metrics::{self, Metrics, MetricsSink};
 use crate::runtime::{Runtime, Shared, Stage};
-use crate::session::events::{LogSink, OperatorEvent, Sinks};
+use crate::session::events::{LogSink, OperatorEvent, RateLimit, Sinks};
 use crate::session::Session;
 
 /// After the drain period, how long interrupted sessions get to say so.
@@ -164,7 +165,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (stage, stage_rx) = watch::channel(Stage::Serving);
     let sinks = Sinks::new(vec![
         Arc::new(MetricsSink(metrics.clone())),
-        Arc::new(LogSink),
+        Arc::new(LogSink::default()),
     ]);
     let shared = Arc::new(Shared::new(runtime, sinks, stage_rx));
     spawn_readiness_probe(shared.clone(), metrics.clone());
@@ -233,6 +234,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Me
     let mut sessions = JoinSet::new();
     let mut stage = shared.stage.clone();
     let open = Arc::new(AtomicUsize::new(0));
+    let accept_failures = RateLimit::default();
     loop {
         tokio::select! {
             _ = reached(&mut stage, |s| *s != Stage::Serving) => break,
@@ -241,8 +243,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Me
                 let (tcp, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
+                        // Usually EMFILE: back off instead of spinning, and
+                        // log a few lines a second, not one per attempt.
+                        metrics.connections_rejected.with_label_values(&["accept_failed"]).inc();
+                        if let Some(suppressed) = accept_failures.admit(unix_secs()) {
+                            warn!(error = %e, suppressed_before = suppressed, "accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -251,12 +257,22 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Me
                 let rt = shared.runtime.load_full();
                 let Some(slot) = Slot::take(&open, rt.limits.max_connections) else {
                     metrics.connections_rejected.with_label_values(&["connection_limit"]).inc();
-                    warn!(%peer, "connection limit reached; refusing connection");
+                    debug!(%peer, "connection limit reached; refusing connection");
                     continue;
                 };
+                if let Err(refusal) = shared.admission.admit(peer.ip(), rt.limits.max_connections_per_ip) {
+                    let reason = match refusal {
+                        Refusal::ConnectionsPerIp => "connections_per_ip",
+                        Refusal::TooManyAddresses => "too_many_addresses",
+                    };
+                    metrics.connections_rejected.with_label_values(&[reason]).inc();
+                    debug!(%peer, reason, "refusing connection");
+                    continue;
+                }
                 let (shared, metrics) = (shared.clone(), metrics.clone());
                 sessions.spawn(async move {
-                    serve_connection(tcp, peer, rt, shared, metrics).await;
+                    serve_connection(tcp, peer, rt, shared.clone(), metrics).await;
+                    shared.admission.release(peer.ip());
                     drop(slot);
                 });
             }
@@ -278,6 +294,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Me
         );
         sessions.abort_all();
     }
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Resolves once the stage satisfies `want` (or nobody can change it).

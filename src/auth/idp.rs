@@ -54,6 +54,16 @@ pub struct IdpRegistry {
     caches: Vec<Arc<JwksCache>>,
     verified: DashMap<[u8; 32], CachedToken>,
     max_token_size: usize,
+    /// Signature checks running at once: a flood of forged tokens occupies
+    /// at most these runtime threads, so relays keep being served.
+    verifying: tokio::sync::Semaphore,
+}
+
+/// All but one of the runtime's threads may verify signatures at once.
+fn verification_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1)
 }
 
 fn field(i: usize, name: &str) -> String {
@@ -131,6 +141,7 @@ impl IdpRegistry {
             caches,
             verified: DashMap::new(),
             max_token_size: jwt::DEFAULT_MAX_TOKEN_SIZE,
+            verifying: tokio::sync::Semaphore::new(verification_slots()),
         })
     }
 
@@ -306,7 +317,11 @@ impl IdpRegistry {
         // Cheap refusals first, so an expired token never triggers a JWKS fetch.
         jwt::check_times(claims.exp, claims.nbf, now)?;
         let key = provider.jwks.key_for(&header.kid).await?;
-        jwt::verify_signature(&jws, header.alg, &key)?;
+        {
+            // The semaphore is never closed, so acquiring cannot fail.
+            let _slot = self.verifying.acquire().await.ok();
+            jwt::verify_signature(&jws, header.alg, &key)?;
+        }
         let identity = jwt::check_claims(
             &claims,
             &ClaimRules::from_config(&provider.config),

@@ -32,6 +32,8 @@ impl ConfigError {
 
 const MIN_MESSAGE_SIZE: usize = 1 << 20;
 const MAX_DRAIN_SECS: u64 = 3600;
+/// A hello with a speculative sign-in carrying a large token needs this.
+const MIN_MESSAGE_SIZE_BEFORE_SIGN_IN: usize = 16 * 1024;
 
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     let listen = &config.listen;
@@ -65,6 +67,41 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "limits.max_connections",
             "must be at least 1",
         ));
+    }
+    if !(MIN_MESSAGE_SIZE_BEFORE_SIGN_IN..=limits.max_message_size)
+        .contains(&limits.max_message_size_before_sign_in)
+    {
+        return Err(ConfigError::new(
+            "limits.max_message_size_before_sign_in",
+            format!(
+                "must be between {MIN_MESSAGE_SIZE_BEFORE_SIGN_IN} bytes and limits.max_message_size ({})",
+                limits.max_message_size
+            ),
+        ));
+    }
+    if !(1..=MAX_DRAIN_SECS).contains(&limits.sign_in_deadline_secs) {
+        return Err(ConfigError::new(
+            "limits.sign_in_deadline_secs",
+            format!("must be between 1 and {MAX_DRAIN_SECS}"),
+        ));
+    }
+    for (field, value) in [
+        (
+            "limits.max_connections_per_ip",
+            limits.max_connections_per_ip,
+        ),
+        (
+            "limits.max_pending_human_flows_per_ip",
+            limits.max_pending_human_flows_per_ip,
+        ),
+        (
+            "limits.max_sign_in_failures_per_connection",
+            limits.max_sign_in_failures_per_connection as usize,
+        ),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::new(field, "must be at least 1"));
+        }
     }
     if limits.auth_timeout_secs == 0 {
         return Err(ConfigError::new(

@@ -19,7 +19,22 @@ impl ProxyProcess {
     /// Starts `mongo-oidc-proxy --config FILE` and waits until it listens
     /// on `port` (which the config must name).
     pub async fn start(config: &Path, port: u16) -> ProxyProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mongo-oidc-proxy"))
+        ProxyProcess::start_under(&[], config, port).await
+    }
+
+    /// Like [`ProxyProcess::start`], run through `wrapper` (e.g.
+    /// `["prlimit", "--nofile=256:256", "--"]`).
+    pub async fn start_under(wrapper: &[&str], config: &Path, port: u16) -> ProxyProcess {
+        let binary = env!("CARGO_BIN_EXE_mongo-oidc-proxy");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(config)
             .arg("--log-format")
