@@ -58,18 +58,17 @@
 //! - [`metrics`]: Prometheus registry, the metrics sink, `/metrics`,
 //!   `/healthz`, `/readyz`.
 //! - [`errors`]: MongoDB error codes and replies.
-//! - [`devcerts`], [`devidp`], [`demo`]: development certificates, a
-//!   development identity provider and the `demo` subcommand (SecantusDB
-//!   launcher in [`demo::secantus`]), used by the demo and the tests.
+//!
+//! The development identity provider, development certificates, the
+//! SecantusDB launcher and the demo live in the `mongo-oidc-proxy-devkit`
+//! workspace member (`devkit/`), used by the tests and the demo binary and
+//! never linked into the production binary.
 
 pub mod admission;
 pub mod auth;
 pub mod authz;
 pub mod backend;
 pub mod config;
-pub mod demo;
-pub mod devcerts;
-pub mod devidp;
 pub mod errors;
 pub mod fdlimit;
 #[cfg(test)]

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use mongo_oidc_proxy::demo::secantus::BackendUser;
+use mongo_oidc_proxy_devkit::demo::secantus::BackendUser;
 use support::proxy_env::{ProxyEnv, READER, WRITER};
 use support::{clients_dir, run_python};
 

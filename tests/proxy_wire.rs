@@ -8,8 +8,8 @@ mod support;
 use std::time::Duration;
 
 use bson::{rawdoc, RawDocumentBuf};
-use mongo_oidc_proxy::devidp::{DevAlg, DevIdp};
 use mongo_oidc_proxy::wire::{self, OpCode};
+use mongo_oidc_proxy_devkit::devidp::{DevAlg, DevIdp};
 use serde_json::json;
 use support::proxy_env::{ProxyEnv, AUDIENCE};
 use support::wire_client::{error_of, is_ok, sasl_continue, sasl_start, WireClient};
@@ -791,7 +791,7 @@ async fn silence_before_sign_in_closes_the_connection_but_not_during_a_human_flo
 
 #[tokio::test]
 async fn when_the_backend_closes_the_client_connection_closes_too() {
-    use mongo_oidc_proxy::demo::secantus::BackendUser;
+    use mongo_oidc_proxy_devkit::demo::secantus::BackendUser;
     use support::proxy_env::{READER, WRITER};
     let backend = support::start_secantus(vec![
         BackendUser::new(WRITER.0, WRITER.1, &[("readWrite", "app")]),

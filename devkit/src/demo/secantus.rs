@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::wire::{self, OpCode, OpMsg};
+use mongo_oidc_proxy::wire::{self, OpCode, OpMsg};
 
 /// How long to wait for the server to accept connections after a start.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
