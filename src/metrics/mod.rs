@@ -363,6 +363,7 @@ impl Sink for MetricsSink {
                 to_backend,
                 to_client,
                 replies,
+                ..
             } => {
                 m.relay.to_backend_messages.inc();
                 m.relay.to_backend_bytes.inc_by(*to_backend);
@@ -377,6 +378,7 @@ impl Sink for MetricsSink {
     fn operator(&self, event: &OperatorEvent<'_>) {
         match event {
             OperatorEvent::Reload { ok, .. } => self.0.count_reload(*ok),
+            OperatorEvent::Admin { .. } => {}
         }
     }
 }
