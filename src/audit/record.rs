@@ -641,6 +641,21 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_lists_every_record_type() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+        )
+        .unwrap();
+        for kind in TYPES {
+            assert!(
+                readme.contains(&format!("| `{kind}` |"))
+                    || readme.contains(&format!("| `{kind}` (")),
+                "README.md's Audit trail table lacks `{kind}`"
+            );
+        }
+    }
+
+    #[test]
     fn names_with_quotes_and_control_characters_stay_on_one_line() {
         let v = parse(Some(session_line(&Event::Refused {
             name: "fi\"nd\n{\"type\":\"forged\"}",
