@@ -16,7 +16,8 @@
 //!    unit-tested without sockets.
 //! 3. **act** — the session carries the action out and emits
 //!    [`session::events::Event`]s; the sinks ([`metrics::MetricsSink`],
-//!    [`session::events::LogSink`]) turn them into counters and log lines.
+//!    [`session::events::LogSink`], [`audit::Audit`]) turn them into
+//!    counters, log lines and audit records.
 //!
 //! A connection's phase ([`session::phase::Phase`]) is `Anonymous`,
 //! `Authenticating` (human flow between step 1 and step 2) or `SignedIn`.
@@ -57,6 +58,8 @@
 //!   drain; [`fdlimit`]: the file-descriptor limit against `max_connections`.
 //! - [`metrics`]: Prometheus registry, the metrics sink, `/metrics`,
 //!   `/healthz`, `/readyz`.
+//! - [`audit`]: the audit trail, a sink writing one JSON record per line
+//!   through a bounded queue ([`audit::record`] builds the records).
 //! - [`errors`]: MongoDB error codes and replies.
 //!
 //! The development identity provider, development certificates, the
@@ -65,6 +68,7 @@
 //! never linked into the production binary.
 
 pub mod admission;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod backend;

@@ -53,6 +53,7 @@ impl Runtime {
             _ => Arc::new(Backend::new(&config.backend)?),
         };
         crate::fdlimit::ensure_capacity(config.limits.max_connections)?;
+        crate::audit::check(config.audit.as_ref())?;
         Ok(Runtime {
             version: VERSIONS.fetch_add(1, Ordering::Relaxed),
             limits: config.limits.clone(),
@@ -120,6 +121,9 @@ impl Runtime {
         }
         if old.shutdown != cfg.shutdown {
             parts.push("shutdown changed".into());
+        }
+        if old.audit != cfg.audit {
+            parts.push("audit changed".into());
         }
         parts.join("; ")
     }

@@ -1,7 +1,8 @@
 //! The process: builds the [`Runtime`] from the config, listens, accepts TCP
 //! within the connection limit, completes TLS within a deadline, runs one
 //! [`Session`] per client, and handles the signals: SIGHUP reloads, SIGTERM
-//! and SIGINT drain, SIGUSR1, SIGUSR2 and SIGALRM are logged and ignored.
+//! and SIGINT drain, SIGUSR1 reopens the audit file, SIGUSR2 and SIGALRM
+//! are logged and ignored.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::admission::Refusal;
+use crate::audit::Audit;
 use crate::config::{Config, ConfigError};
 use crate::metrics::{self, Metrics, MetricsSink};
 use crate::runtime::{Runtime, Shared, Stage};
@@ -40,6 +42,8 @@ pub struct Running {
     pub local_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    /// The audit sink: reloads reconfigure it, SIGUSR1 reopens its file.
+    pub audit: Arc<Audit>,
     shared: Arc<Shared>,
     stage: watch::Sender<Stage>,
     task: tokio::task::JoinHandle<()>,
@@ -59,6 +63,7 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.stage.send(Stage::Closing);
         let _ = self.task.await;
+        self.audit.flush().await;
     }
 
     /// mongos's quiesce mode: stop accepting, answer hello with
@@ -78,6 +83,8 @@ impl Running {
             let _ = self.stage.send(Stage::Closing);
             let _ = task.await;
         }
+        // The sessions' last records are queued; the process exits next.
+        self.audit.flush().await;
         info!("stopped");
     }
 
@@ -120,9 +127,16 @@ impl Running {
         let next = Runtime::build(config, Some(&current))?;
         // New identity providers' keys load before any session can use them.
         next.registry.load_all().await;
+        self.audit.reconfigure(next.config.audit.as_ref()).await?;
         let changes = current.changes(&next);
         self.shared.runtime.store(Arc::new(next));
         Ok(Reloaded { changes })
+    }
+
+    /// SIGUSR1 (logrotate's `postrotate`): the audit file is opened again at
+    /// its path; records queued before go to the file that was open.
+    pub async fn reopen_audit(&self) {
+        self.audit.reopen().await;
     }
 }
 
@@ -160,12 +174,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         None => None,
     };
+    let audit = Audit::start(runtime.config.audit.as_ref(), &metrics.registry)?;
     runtime.registry.load_all().await;
     metrics.stamp_config_loaded();
     let (stage, stage_rx) = watch::channel(Stage::Serving);
     let sinks = Sinks::new(vec![
         Arc::new(MetricsSink(metrics.clone())),
         Arc::new(LogSink::default()),
+        audit.clone(),
     ]);
     let shared = Arc::new(Shared::new(runtime, sinks, stage_rx));
     spawn_readiness_probe(shared.clone(), metrics.clone());
@@ -175,6 +191,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         local_addr,
         metrics_addr,
         metrics,
+        audit,
         shared,
         stage,
         task,
@@ -383,7 +400,10 @@ impl Signals {
                     info!(signal = "SIGHUP", "reloading the configuration");
                     let _ = running.reload().await;
                 }
-                _ = usr1.recv() => info!(signal = "SIGUSR1", "signal received; nothing to reopen, ignored"),
+                _ = usr1.recv() => {
+                    info!(signal = "SIGUSR1", "reopening the audit file");
+                    running.reopen_audit().await;
+                }
                 _ = usr2.recv() => info!(signal = "SIGUSR2", "signal received and ignored"),
                 _ = alrm.recv() => info!(signal = "SIGALRM", "signal received and ignored"),
             }

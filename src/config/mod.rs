@@ -45,6 +45,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +222,24 @@ fn default_drain_secs() -> u64 {
     15
 }
 
+/// `[audit]`: the audit trail, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The file records are appended to, or `-` for standard output.
+    pub path: PathBuf,
+    /// One more record per relayed command.
+    #[serde(default)]
+    pub commands: bool,
+}
+
+impl AuditConfig {
+    /// `path = "-"`: records go to standard output, for a log collector.
+    pub fn is_stdout(&self) -> bool {
+        self.path.as_os_str() == "-"
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -391,6 +411,9 @@ impl Config {
             if let Some(f) = g.backend_password_file.as_mut() {
                 fix(f);
             }
+        }
+        if let Some(audit) = self.audit.as_mut().filter(|a| !a.is_stdout()) {
+            fix(&mut audit.path);
         }
     }
 }
@@ -615,6 +638,40 @@ backend_password_env = "DBA_PASSWORD"
             e.contains("invalid type: sequence, expected a string"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn audit_paths_resolve_against_the_file_except_standard_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            format!("{GOOD}\n[audit]\npath = \"logs/audit.log\"\n"),
+        )
+        .unwrap();
+        let audit = Config::load(&path).unwrap().audit.unwrap();
+        assert_eq!(audit.path, dir.path().join("logs/audit.log"));
+        assert!(!audit.commands && !audit.is_stdout());
+        std::fs::write(
+            &path,
+            format!("{GOOD}\n[audit]\npath = \"-\"\ncommands = true\n"),
+        )
+        .unwrap();
+        let audit = Config::load(&path).unwrap().audit.unwrap();
+        assert!(audit.is_stdout() && audit.commands);
+        assert!(Config::parse(GOOD).unwrap().audit.is_none());
+    }
+
+    #[test]
+    fn audit_refusals_name_the_field() {
+        assert_eq!(
+            error_for(|s| format!("{s}\n[audit]\npath = \"\"\n")),
+            "audit.path: must name a file to append to, or be \"-\" for standard output"
+        );
+        let err = error_for(|s| format!("{s}\n[audit]\ncommands = true\n"));
+        assert!(err.contains("missing field `path`"), "{err}");
+        let err = error_for(|s| format!("{s}\n[audit]\npath = \"a\"\nformat = \"json\"\n"));
+        assert!(err.contains("unknown field `format`"), "{err}");
     }
 
     #[test]

@@ -115,6 +115,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             format!("must be at most {MAX_DRAIN_SECS} (one hour)"),
         ));
     }
+    if config
+        .audit
+        .as_ref()
+        .is_some_and(|a| a.path.as_os_str().is_empty())
+    {
+        return Err(ConfigError::new(
+            "audit.path",
+            "must name a file to append to, or be \"-\" for standard output",
+        ));
+    }
     if config.identity_provider.is_empty() {
         return Err(ConfigError::new(
             "identity_provider",

@@ -385,6 +385,7 @@ impl Sink for MetricsSink {
                 to_backend,
                 to_client,
                 replies,
+                ..
             } => {
                 m.relay.to_backend_messages.inc();
                 m.relay.to_backend_bytes.inc_by(*to_backend);
@@ -400,6 +401,7 @@ impl Sink for MetricsSink {
     fn operator(&self, event: &OperatorEvent<'_>) {
         match event {
             OperatorEvent::Reload { ok, .. } => self.0.count_reload(*ok),
+            OperatorEvent::Admin { .. } => {}
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What happened, as events: the act step emits one per message and per
-//! transition, and the sinks (metrics, log; later the audit trail) turn them
-//! into counters and lines. Nothing else in the session logs or counts.
+//! transition, and the sinks (metrics, log, the audit trail) turn them into
+//! counters and lines. Nothing else in the session logs or counts.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +15,7 @@ fn unix_secs() -> u64 {
 
 use crate::auth::AuthFailure;
 use crate::backend::BackendError;
+use crate::wire::op_msg::ReplyStatus;
 
 use super::decide::Refused;
 use super::phase::{Access, Expiry, Flow, SignedIn};
@@ -144,6 +145,16 @@ pub enum Event<'a> {
         to_backend: u64,
         to_client: u64,
         replies: u64,
+        /// The command's name, `$db` and first value when a string (the
+        /// collection of `find`, `insert`...).
+        command: &'a str,
+        db: Option<&'a str>,
+        collection: Option<&'a str>,
+        /// The first reply's `ok` and error code, read only while commands
+        /// are audited and only when that reply was already buffered.
+        status: Option<ReplyStatus>,
+        /// From sending the request to the end of the last reply.
+        duration: Duration,
     },
     SessionEnded {
         reason: CloseReason,
@@ -162,6 +173,14 @@ pub enum OperatorEvent<'a> {
         ok: bool,
         path: &'a str,
         detail: &'a str,
+    },
+    /// An administrative action (admin command or HTTP endpoint): what was
+    /// done, to what, how it ended, and who asked.
+    Admin {
+        action: &'a str,
+        target: &'a str,
+        outcome: &'a str,
+        source: &'a str,
     },
 }
 
@@ -316,6 +335,12 @@ impl Sink for LogSink {
                 detail,
             } => tracing::warn!(config = %path, error = %detail,
                 "configuration reload refused; the running configuration keeps serving"),
+            OperatorEvent::Admin {
+                action,
+                target,
+                outcome,
+                source,
+            } => tracing::info!(action, target, outcome, source, "administrative action"),
         }
     }
 }

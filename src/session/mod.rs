@@ -721,8 +721,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(CloseReason::BackendClosed);
         };
         let mut progress = relay::Progress::default();
+        // Only the audit trail's command records want the reply's status.
+        let inspect = rt.config.audit.as_ref().is_some_and(|a| a.commands);
+        let started = Instant::now();
         let outcome = tokio::select! {
-            r = relay::relay(&mut self.client.stream, &mut link.connection, req.bytes, req.more_to_come, &mut progress) => Some(r),
+            r = relay::relay(&mut self.client.stream, &mut link.connection, req.bytes, req.more_to_come, inspect, &mut progress) => Some(r),
             _ = closing(&mut self.stage) => None,
         };
         self.counts.bytes_to_client += progress.to_client;
@@ -730,6 +733,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             to_backend: req.bytes.len() as u64,
             to_client: progress.to_client,
             replies: progress.replies,
+            command: req.command.map_or("", |c| c.name),
+            db: req.command.and_then(|c| c.db),
+            collection: req.command.and_then(|c| c.target),
+            status: progress.status,
+            duration: started.elapsed(),
         });
         match outcome {
             Some(Ok(())) => Ok(()),

@@ -12,6 +12,7 @@ use super::{drain, take, Buf};
 pub struct ProxyProcess {
     child: Child,
     log: Buf,
+    out: Buf,
     pub port: u16,
 }
 
@@ -41,13 +42,19 @@ impl ProxyProcess {
             .arg("json")
             .env_remove("MONGO_OIDC_PROXY_CONFIG")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("start mongo-oidc-proxy");
         let log = drain(child.stderr.take().expect("piped stderr"));
-        let mut p = ProxyProcess { child, log, port };
+        let out = drain(child.stdout.take().expect("piped stdout"));
+        let mut p = ProxyProcess {
+            child,
+            log,
+            out,
+            port,
+        };
         if !p
             .wait_for_log("mongo-oidc-proxy listening", Duration::from_secs(20))
             .await
@@ -74,6 +81,11 @@ impl ProxyProcess {
 
     pub fn log(&self) -> String {
         take(&self.log)
+    }
+
+    /// What the proxy wrote to standard output (the audit trail with `path = "-"`).
+    pub fn stdout(&self) -> String {
+        take(&self.out)
     }
 
     /// How often `needle` occurs in the log so far.

@@ -173,6 +173,12 @@ impl WireClient {
     pub async fn sign_in(&mut self, jwt: &str) -> RawDocumentBuf {
         self.command(sasl_start(&rawdoc! { "jwt": jwt })).await
     }
+
+    /// Closes cleanly (TLS close_notify), as a driver closing its pool does:
+    /// the proxy sees the client close, not an I/O error.
+    pub async fn close(mut self) {
+        let _ = self.stream.shutdown().await;
+    }
 }
 
 pub fn binary(doc: &RawDocumentBuf) -> bson::Binary {
