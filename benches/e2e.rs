@@ -9,6 +9,17 @@
 //! runtime. Run with `cargo bench --bench e2e`; see `benches/README.md` for
 //! the knobs (`E2E_OPS`, `E2E_QUICK`, ...).
 
+// Test code may panic: that is how it fails. The load generator reads the
+// clock tick rate and ties its children's lives to its own through libc.
+#![allow(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

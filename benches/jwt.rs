@@ -2,6 +2,15 @@
 //! `jsonwebtoken::crypto::verify` (RS256, ES256), and the registry's
 //! verified-token cache hit against a miss.
 
+// Test code may panic: that is how it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;

@@ -67,6 +67,19 @@
 //! workspace member (`devkit/`), used by the tests and the demo binary and
 //! never linked into the production binary.
 
+#![forbid(unsafe_code)]
+// Tests may panic: that is how they fail.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+
 pub mod admission;
 pub mod audit;
 pub mod auth;

@@ -6,6 +6,15 @@
 //! rotation; a reload switches files; `-` writes to standard output; `check`
 //! and start-up refuse a file that cannot be written, naming `audit.path`.
 
+// Test code may panic: that is how it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,15 @@
 //! acknowledged write is lost (SecantusDB runs with --sync-on-commit, so an
 //! acknowledged write is on disk).
 
+// Test code may panic: that is how it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 mod support;
 
 use std::time::Duration;

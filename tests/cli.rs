@@ -1,6 +1,15 @@
 //! The command line as an operator uses it: `--help`, `check`,
 //! and start-up refusals, each with its exit code and message.
 
+// Test code may panic: that is how it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

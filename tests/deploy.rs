@@ -6,6 +6,15 @@
 //! proxy's own `check`), config.example.toml's layout, and that no tracked file
 //! points outside the repository.
 
+// Test code may panic: that is how it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Output};

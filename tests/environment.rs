@@ -2,6 +2,15 @@
 //! `demo::secantus`, the venv's pymongo and the Node driver against it, and the
 //! mock IdP's discovery document and JWKS.
 
+// Test code may panic: that is how it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 mod support;
 
 use mongo_oidc_proxy_devkit::demo::secantus::BackendUser;

@@ -8,6 +8,15 @@
 //!   unknown `kid`s within the quiesce period costs at most one;
 //! - MongoDB's `oidcIdentityProviders` JSON pasted into the config.
 
+// Test code may panic: that is how it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 mod support;
 
 use std::sync::Arc;

@@ -4,6 +4,15 @@
 //! drains like mongos's quiesce mode, and several proxies in one URI keep a
 //! pymongo application writing while one of them drains.
 
+// Test code may panic: that is how it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,15 @@
 //! malformed frames. Real backend (SecantusDB, or $MONGOD_URI), real TLS,
 //! tokens signed by the development IdP.
 
+// Test code may panic: that is how it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 mod support;
 
 use std::time::Duration;

@@ -3,6 +3,15 @@
 //! it calls the callback again, re-authenticates on the same connection and
 //! retries the operation.
 
+// Test code may panic: that is how it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -273,11 +273,9 @@ impl BackendConnection {
         let more_to_come = header.op_code == OpCode::Msg
             && self
                 .read_buf
-                .get(wire::HEADER_LEN..wire::HEADER_LEN + 4)
-                .is_some_and(|f| {
-                    u32::from_le_bytes([f[0], f[1], f[2], f[3]]) & wire::OpMsgFlags::MORE_TO_COME
-                        != 0
-                });
+                .get(wire::HEADER_LEN..)
+                .and_then(wire::le_u32)
+                .is_some_and(|f| f & wire::OpMsgFlags::MORE_TO_COME != 0);
         let status = if inspect && header.op_code == OpCode::Msg {
             let buffered = self.read_buf.len().min(len);
             self.read_buf
@@ -292,7 +290,7 @@ impl BackendConnection {
             let take = self.read_buf.len().min(remaining);
             if take > 0 {
                 client
-                    .write_all(&self.read_buf[..take])
+                    .write_all(self.read_buf.get(..take).unwrap_or_default())
                     .await
                     .map_err(ForwardError::Client)?;
                 bytes::Buf::advance(&mut self.read_buf, take);

@@ -108,9 +108,12 @@ pub(crate) fn start_message(
     at
 }
 
+/// Writes the message length into the header started at `at`.
 pub(crate) fn finish_message(out: &mut [u8], at: usize) {
-    let len = (out.len() - at) as i32;
-    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    let len = out.len().saturating_sub(at) as i32;
+    if let Some(slot) = out.get_mut(at..at + 4) {
+        slot.copy_from_slice(&len.to_le_bytes());
+    }
 }
 
 #[cfg(test)]

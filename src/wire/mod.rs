@@ -100,6 +100,12 @@ pub fn bson_integer(value: bson::raw::RawBsonRef<'_>) -> Option<i64> {
     }
 }
 
+/// The little-endian `u32` at the start of `bytes`, if it has four bytes.
+pub fn le_u32(bytes: &[u8]) -> Option<u32> {
+    let four: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+    Some(u32::from_le_bytes(four))
+}
+
 /// A bounds-checked little-endian reader over a borrowed slice.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reader<'a> {
@@ -133,18 +139,28 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    /// `N` bytes as an array, for fixed-size fields.
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let what = self.what;
+        let have = self.buf.len();
+        self.take(N)?.try_into().map_err(|_| WireError::Truncated {
+            what,
+            need: N,
+            have,
+        })
+    }
+
     pub(crate) fn u8(&mut self) -> Result<u8, WireError> {
-        Ok(self.take(1)?[0])
+        let [b] = self.array::<1>()?;
+        Ok(b)
     }
 
     pub(crate) fn i32(&mut self) -> Result<i32, WireError> {
-        let b = self.take(4)?;
-        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.array().map(i32::from_le_bytes)
     }
 
     pub(crate) fn u32(&mut self) -> Result<u32, WireError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.array().map(u32::from_le_bytes)
     }
 
     pub(crate) fn peek_i32(&self) -> Result<i32, WireError> {

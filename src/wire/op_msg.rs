@@ -139,8 +139,11 @@ fn verify_checksum<'a>(message: &[u8], sections: &'a [u8]) -> Result<&'a [u8], W
         have: sections.len(),
     })?;
     let (rest, trailer) = sections.split_at(split);
-    let expected = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-    let computed = crc32c::crc32c(&message[..message.len() - 4]);
+    let expected = super::le_u32(trailer).unwrap_or_default();
+    let covered = message
+        .get(..message.len().saturating_sub(4))
+        .unwrap_or_default();
+    let computed = crc32c::crc32c(covered);
     if expected != computed {
         return Err(WireError::ChecksumMismatch { expected, computed });
     }

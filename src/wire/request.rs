@@ -163,7 +163,8 @@ fn decode_msg(request_id: i32, bytes: &[u8]) -> Result<Request<'_>, DecodeError>
     // Read the flags first: a fire-and-forget message gets no error reply.
     let flags = bytes
         .get(HEADER_LEN..HEADER_LEN + 4)
-        .map(|f| OpMsgFlags(u32::from_le_bytes([f[0], f[1], f[2], f[3]])));
+        .and_then(super::le_u32)
+        .map(OpMsgFlags);
     let fail = |error| DecodeError {
         request_id,
         op: Op::Msg,
