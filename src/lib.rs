@@ -57,6 +57,10 @@
 //! - [`metrics`]: Prometheus registry, the metrics sink, `/metrics`,
 //!   `/healthz`, `/readyz`.
 //! - [`errors`]: MongoDB error codes and replies.
+//! - [`selftest`]: the operator's own checks from the command line —
+//!   `token` (an access token from a configured IdP by the device flow or
+//!   client credentials) and `check --sign-in` (what the proxy would make of
+//!   a token, with the detailed reason when it refuses).
 //! - [`devcerts`], [`devidp`], [`demo`]: development certificates, a
 //!   development identity provider and the `demo` subcommand (SecantusDB
 //!   launcher in [`demo::secantus`]), used by the demo and the tests.
@@ -74,6 +78,7 @@ pub mod fdlimit;
 mod layering;
 pub mod metrics;
 pub mod runtime;
+pub mod selftest;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -54,6 +54,7 @@ fn help_documents_every_command_and_flag() {
         "--log-format",
         "--log-level",
         "check",
+        "token",
         "dev-certs",
         "demo",
     ] {
@@ -61,6 +62,26 @@ fn help_documents_every_command_and_flag() {
     }
     let out = proxy(&["demo", "--help"], &[]);
     assert!(text(&out.stdout).contains("--backend-uri"));
+    let out = proxy(&["check", "--help"], &[]);
+    for needle in ["--sign-in <TOKEN_FILE>", "--client-address <IP>"] {
+        assert!(
+            text(&out.stdout).contains(needle),
+            "check --help lacks {needle}"
+        );
+    }
+    let out = proxy(&["token", "--help"], &[]);
+    for needle in [
+        "--idp <ISSUER_OR_PREFIX>",
+        "--client-credentials",
+        "--client-secret-env <VAR>",
+        "--client-id <ID>",
+        "--scope <SCOPE>",
+    ] {
+        assert!(
+            text(&out.stdout).contains(needle),
+            "token --help lacks {needle}"
+        );
+    }
 }
 
 #[test]
