@@ -4,6 +4,10 @@
 #   .tools/venv  python venv with SecantusDB (backend, `secantusd-py`) and pymongo,
 #                and kubernetes-validate (checks deploy/kubernetes/ in tests/deploy.rs)
 #   .tools/npm   the Node `mongodb` driver, mongosh and @mongodb-js/oidc-mock-provider
+#   .tools/prometheus/promtool  from Debian's `prometheus` package, extracted
+#                alone (checks deploy/prometheus/ in tests/observability.rs)
+# and, with apt-get as root, Debian's haproxy (the TCP load balancer of
+# tests/failover.rs) system-wide.
 # Idempotent: each step writes a stamp file holding its pinned versions and is
 # skipped when the stamp matches. Needs python3 (with venv), node and npm.
 # Installs into $MOP_TOOLS when that is set, else <repo>/.tools. Ends by
@@ -103,6 +107,48 @@ else
     [ -f "$TOOLS/npm/node_modules/@mongodb-js/oidc-mock-provider/package.json" ] ||
         die "@mongodb-js/oidc-mock-provider missing from $TOOLS/npm after the install"
     echo "$NPM_PINS" >"$NPM_STAMP"
+fi
+
+# --- promtool (alert rules) --------------------------------------------------
+# Only promtool is needed, not the server: take it out of Debian's package
+# instead of installing the package (which would add a prometheus service
+# and a web UI's JavaScript libraries). apt-get download needs no root.
+PROMETHEUS_DEB="prometheus"
+PROM_DIR="$TOOLS/prometheus"
+PROM_STAMP="$PROM_DIR/.mop-stamp"
+prom_version="$(apt-cache policy "$PROMETHEUS_DEB" 2>/dev/null | awk '/Candidate:/ { print $2 }')"
+if [ -x "$PROM_DIR/promtool" ] && { [ -z "$prom_version" ] || [ "$(cat "$PROM_STAMP" 2>/dev/null)" = "$prom_version" ]; }; then
+    log "promtool up to date ($("$PROM_DIR/promtool" --version 2>&1 | head -1))"
+else
+    if [ -z "$prom_version" ] || [ "$prom_version" = "(none)" ]; then
+        [ "$(id -u)" = 0 ] && apt-get update -qq
+        prom_version="$(apt-cache policy "$PROMETHEUS_DEB" 2>/dev/null | awk '/Candidate:/ { print $2 }')"
+    fi
+    [ -n "$prom_version" ] && [ "$prom_version" != "(none)" ] ||
+        die "Debian's $PROMETHEUS_DEB package is not known to apt (run apt-get update as root first)"
+    log "extracting promtool from Debian's $PROMETHEUS_DEB $prom_version into $PROM_DIR ..."
+    rm -rf "$PROM_DIR" && mkdir -p "$PROM_DIR/deb"
+    (cd "$PROM_DIR/deb" && apt-get download -qq "$PROMETHEUS_DEB=$prom_version" 2>/dev/null) ||
+        die "apt-get download $PROMETHEUS_DEB=$prom_version failed"
+    dpkg-deb --fsys-tarfile "$PROM_DIR"/deb/*.deb | tar -x -C "$PROM_DIR/deb" ./usr/bin/promtool ||
+        die "cannot extract usr/bin/promtool from the $PROMETHEUS_DEB package"
+    mv "$PROM_DIR/deb/usr/bin/promtool" "$PROM_DIR/promtool"
+    rm -rf "$PROM_DIR/deb"
+    "$PROM_DIR/promtool" --version >/dev/null 2>&1 || die "$PROM_DIR/promtool does not run"
+    echo "$prom_version" >"$PROM_STAMP"
+fi
+
+# --- haproxy (system package) ----------------------------------------------
+haproxy_bin="$(command -v haproxy 2>/dev/null || echo /usr/sbin/haproxy)"
+if [ -x "$haproxy_bin" ]; then
+    log "haproxy present ($("$haproxy_bin" -v 2>/dev/null | head -1))"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing haproxy (apt-get install haproxy) ..."
+    apt-get update -qq || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null ||
+        die "apt-get install haproxy failed"
+else
+    die "haproxy is not installed and this is not a root shell with apt-get; install it (sudo apt-get install haproxy)"
 fi
 
 log "done. Environment for the test suite:"

@@ -61,6 +61,10 @@
 //! - [`audit`]: the audit trail, a sink writing one JSON record per line
 //!   through a bounded queue ([`audit::record`] builds the records).
 //! - [`errors`]: MongoDB error codes and replies.
+//! - [`selftest`]: the operator's own checks from the command line —
+//!   `token` (an access token from a configured IdP by the device flow or
+//!   client credentials) and `check --sign-in` (what the proxy would make of
+//!   a token, with the detailed reason when it refuses).
 //!
 //! The development identity provider, development certificates, the
 //! SecantusDB launcher and the demo live in the `mongo-oidc-proxy-devkit`
@@ -92,6 +96,7 @@ pub mod fdlimit;
 mod layering;
 pub mod metrics;
 pub mod runtime;
+pub mod selftest;
 pub mod server;
 pub mod session;
 pub mod tls;

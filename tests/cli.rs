@@ -58,8 +58,28 @@ fn help_documents_every_command_and_flag() {
     let out = proxy(&["--help"], &[]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for needle in ["--config", "--log-format", "--log-level", "check"] {
+    for needle in ["--config", "--log-format", "--log-level", "check", "token"] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+    let out = proxy(&["check", "--help"], &[]);
+    for needle in ["--sign-in <TOKEN_FILE>", "--client-address <IP>"] {
+        assert!(
+            text(&out.stdout).contains(needle),
+            "check --help lacks {needle}"
+        );
+    }
+    let out = proxy(&["token", "--help"], &[]);
+    for needle in [
+        "--idp <ISSUER_OR_PREFIX>",
+        "--client-credentials",
+        "--client-secret-env <VAR>",
+        "--client-id <ID>",
+        "--scope <SCOPE>",
+    ] {
+        assert!(
+            text(&out.stdout).contains(needle),
+            "token --help lacks {needle}"
+        );
     }
 }
 

@@ -112,6 +112,44 @@ impl Grants {
     }
 }
 
+/// A grant that names a caller, for `check --sign-in`: which backend user
+/// it gives and under which conditions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub grant: usize,
+    pub backend_user: String,
+    pub admin: bool,
+    /// Empty: from any address.
+    pub client_source: Vec<IpNet>,
+    pub expires: Option<SystemTime>,
+}
+
+impl Grants {
+    /// Every grant that names the caller and has not expired, in order:
+    /// [`Grants::decide`] picks the first of them whose `client_source`
+    /// admits the client's address.
+    pub fn candidates(&self, identity: &Identity, now: SystemTime) -> Vec<Candidate> {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| {
+                let named = match &g.subject {
+                    Subject::User(u) => *u == identity.user,
+                    Subject::Role(r) => identity.roles.iter().any(|have| have == r),
+                };
+                named && g.expires.is_none_or(|e| now < e)
+            })
+            .map(|(grant, g)| Candidate {
+                grant,
+                backend_user: g.backend.user.clone(),
+                admin: g.admin,
+                client_source: g.client_source.clone(),
+                expires: g.expires,
+            })
+            .collect()
+    }
+}
+
 impl Grant {
     fn allows_source(&self, peer: IpAddr) -> bool {
         let peer = match peer {
@@ -354,6 +392,49 @@ mod tests {
         assert!(granted_user(grants.decide(&id, LOCAL, before)).is_some());
         assert!(granted_user(grants.decide(&id, "192.168.1.1".parse().unwrap(), before)).is_none());
         assert!(granted_user(grants.decide(&id, LOCAL, after)).is_none());
+    }
+
+    #[test]
+    fn candidates_are_what_decide_chooses_from() {
+        std::env::set_var("MOP_TEST_PW3", "x");
+        let grants = Grants::from_config(
+            &[
+                grant("role = 'okta/dba'\nbackend_user = 'dba'\nbackend_password_env = 'MOP_TEST_PW3'\nclient_source = ['10.0.0.0/8']\nadmin = true"),
+                grant("role = 'okta/dba'\nbackend_user = 'old'\nbackend_password_env = 'MOP_TEST_PW3'\nexpires = '2020-01-01T00:00:00Z'"),
+                grant("role = 'okta/other'\nbackend_user = 'other'\nbackend_password_env = 'MOP_TEST_PW3'"),
+                grant("user = 'okta/alice'\nbackend_user = 'alice_rw'\nbackend_password_env = 'MOP_TEST_PW3'"),
+            ],
+            Secrets::Resolve,
+        )
+        .unwrap();
+        let now = SystemTime::now();
+        let id = alice(&["okta/dba"]);
+        let c = grants.candidates(&id, now);
+        let summary: Vec<_> = c
+            .iter()
+            .map(|c| {
+                (
+                    c.grant,
+                    c.backend_user.as_str(),
+                    c.admin,
+                    c.client_source.len(),
+                )
+            })
+            .collect();
+        assert_eq!(summary, [(0, "dba", true, 1), (3, "alice_rw", false, 0)]);
+        // decide picks the first candidate whose client_source admits the peer.
+        let ten: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            granted_user(grants.decide(&id, ten, now)).as_deref(),
+            Some("dba")
+        );
+        assert_eq!(
+            granted_user(grants.decide(&id, LOCAL, now)).as_deref(),
+            Some("alice_rw")
+        );
+        let mut bob = alice(&[]);
+        bob.user = "okta/bob".into();
+        assert!(grants.candidates(&bob, now).is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! axum's plain-text rejection, and so that repeated parameters are refused
 //! (RFC 6749 §3.1: parameters must not appear more than once).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -24,6 +25,7 @@ use super::keys::{b64, random_b64};
 use super::{now_secs, DevAlg, Inner};
 
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+const CLIENT_CREDENTIALS: &str = "client_credentials";
 /// Upper bound on each kind of outstanding grant (codes, device codes,
 /// refresh tokens): a client looping on /authorize cannot grow memory.
 const MAX_PENDING: usize = 1024;
@@ -54,21 +56,21 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
 
 pub(crate) struct OAuthError {
     status: StatusCode,
-    error: &'static str,
+    error: Cow<'static, str>,
     description: String,
 }
 
-fn bad(error: &'static str, description: impl Into<String>) -> OAuthError {
+fn bad(error: impl Into<Cow<'static, str>>, description: impl Into<String>) -> OAuthError {
     OAuthError {
         status: StatusCode::BAD_REQUEST,
-        error,
+        error: error.into(),
         description: description.into(),
     }
 }
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        tracing::debug!(error = self.error, description = %self.description, "devidp request refused");
+        tracing::debug!(error = %self.error, description = %self.description, "devidp request refused");
         (
             self.status,
             [(header::CACHE_CONTROL, "no-store")],
@@ -81,7 +83,7 @@ impl IntoResponse for OAuthError {
 fn server_error(e: String) -> OAuthError {
     OAuthError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
-        error: "server_error",
+        error: "server_error".into(),
         description: e,
     }
 }
@@ -139,6 +141,8 @@ struct Grant {
     /// Auth-code only.
     redirect_uri: String,
     code_challenge: String,
+    /// Device codes only: polls answered with an error so far.
+    polls: usize,
 }
 
 /// Single-use handles (codes, device codes, refresh tokens) with expiry and
@@ -172,6 +176,24 @@ impl Store {
         self.map.insert(key, (expires, g));
     }
 
+    /// The scripted answer to this poll of a live device code issued to
+    /// `client_id`, counting the poll; `None` once the script is spent.
+    fn pending(
+        &mut self,
+        key: &str,
+        client_id: &str,
+        answers: &[String],
+        now: i64,
+    ) -> Option<String> {
+        let (exp, g) = self.map.get_mut(key)?;
+        if *exp <= now || g.client_id != client_id {
+            return None;
+        }
+        let answer = answers.get(g.polls)?.clone();
+        g.polls += 1;
+        Some(answer)
+    }
+
     /// Removes on every lookup: a handle is spent by its first use, right or wrong.
     fn take(&mut self, key: &str, now: i64) -> Taken {
         match self.map.remove(key) {
@@ -200,6 +222,12 @@ impl Inner {
 
 async fn discovery(State(s): State<Arc<Inner>>) -> Response {
     let i = &s.issuer;
+    let mut grant_types = vec!["authorization_code", "refresh_token", DEVICE_GRANT];
+    let mut auth_methods = vec!["none"];
+    if s.opts.client_secret.is_some() {
+        grant_types.push(CLIENT_CREDENTIALS);
+        auth_methods.extend(["client_secret_basic", "client_secret_post"]);
+    }
     Json(json!({
         "issuer": i,
         "jwks_uri": format!("{i}/jwks"),
@@ -207,11 +235,11 @@ async fn discovery(State(s): State<Arc<Inner>>) -> Response {
         "authorization_endpoint": format!("{i}/authorize"),
         "device_authorization_endpoint": format!("{i}/device"),
         "response_types_supported": ["code"],
-        "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_GRANT],
+        "grant_types_supported": grant_types,
         "code_challenge_methods_supported": ["S256"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
         "subject_types_supported": ["public"],
-        "token_endpoint_auth_methods_supported": ["none"],
+        "token_endpoint_auth_methods_supported": auth_methods,
         "scopes_supported": ["openid", "offline_access"],
     }))
     .into_response()
@@ -254,6 +282,7 @@ async fn device(
         nonce: None,
         redirect_uri: String::new(),
         code_challenge: String::new(),
+        polls: 0,
     };
     let device_code = random_b64(32);
     let now = now_secs();
@@ -379,6 +408,7 @@ async fn authorize(
         nonce: p.get("nonce").map(str::to_string),
         redirect_uri,
         code_challenge: challenge.to_string(),
+        polls: 0,
     };
     let code = random_b64(32);
     let now = now_secs();
@@ -450,6 +480,10 @@ async fn token(
         DEVICE_GRANT => {
             let code = p.require("device_code")?;
             let client_id = p.require("client_id")?;
+            let script = &s.opts.device_poll_answers;
+            if let Some(answer) = s.flows().devices.pending(code, client_id, script, now) {
+                return Err(bad(answer, "the user has not finished signing in"));
+            }
             let g = match s.flows().devices.take(code, now) {
                 // RFC 8628 §3.5 names this case.
                 Taken::Expired => return Err(bad("expired_token", "device_code expired")),
@@ -477,6 +511,7 @@ async fn token(
             g.nonce = None;
             g
         }
+        CLIENT_CREDENTIALS => return client_credentials(&s, &headers, &p),
         other => {
             return Err(bad(
                 "unsupported_grant_type",
@@ -494,6 +529,73 @@ async fn token(
         )
             .into_response()
     })
+}
+
+/// RFC 6749 §4.4: the client authenticates with its secret and gets an
+/// access token for itself (`sub` = client id); no id_token, no refresh token.
+fn client_credentials(s: &Inner, headers: &HeaderMap, p: &Params) -> Result<Response, OAuthError> {
+    let Some(secret) = &s.opts.client_secret else {
+        return Err(bad(
+            "unauthorized_client",
+            "client_credentials is not enabled on this development IdP (no client secret set)",
+        ));
+    };
+    let (client_id, given) = client_auth(headers, p)?;
+    // RFC 6749 §5.2: failed client authentication is a 401.
+    if client_id != s.opts.client_id || given != *secret {
+        return Err(OAuthError {
+            status: StatusCode::UNAUTHORIZED,
+            error: "invalid_client".into(),
+            description: "client authentication failed".into(),
+        });
+    }
+    let scope = p.get("scope").unwrap_or("openid").to_string();
+    let ttl = s.opts.token_ttl_secs;
+    let claims = s.access_claims(&client_id, None, &scope, ttl);
+    let access_token = s
+        .sign(s.opts.flow_alg, &Value::Object(claims))
+        .map_err(server_error)?;
+    Ok((
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        Json(json!({
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "scope": scope,
+        })),
+    )
+        .into_response())
+}
+
+/// The client's id and secret from HTTP Basic (each form-urlencoded, RFC
+/// 6749 §2.3.1) or from `client_id`/`client_secret` form fields.
+fn client_auth(headers: &HeaderMap, p: &Params) -> Result<(String, String), OAuthError> {
+    use base64::Engine as _;
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "));
+    let Some(basic) = basic else {
+        let id = p.require("client_id")?;
+        let secret = p.require("client_secret")?;
+        return Ok((id.to_string(), secret.to_string()));
+    };
+    let refused = || bad("invalid_request", "malformed HTTP Basic credentials");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(basic.trim())
+        .map_err(|_| refused())?;
+    let text = String::from_utf8(decoded).map_err(|_| refused())?;
+    let (id, secret) = text.split_once(':').ok_or_else(refused)?;
+    let unescape = |part: &str| -> String {
+        url::form_urlencoded::parse(format!("v={part}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Ok((unescape(id), unescape(secret)))
 }
 
 /// Token response for a granted flow; the refresh token is rotated (single use).
@@ -584,6 +686,7 @@ mod tests {
             nonce: None,
             redirect_uri: String::new(),
             code_challenge: String::new(),
+            polls: 0,
         }
     }
 

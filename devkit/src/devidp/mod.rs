@@ -11,7 +11,7 @@
 //! | `GET /jwks` | public keys (counted, see [`DevIdp::jwks_fetch_count`]) |
 //! | `POST /device` | device authorisation; granted on the first poll |
 //! | `GET /authorize` | auth-code + PKCE S256; redirects straight back (no login page) |
-//! | `POST /token` | `authorization_code`, device code and `refresh_token` grants |
+//! | `POST /token` | `authorization_code`, device code and `refresh_token` grants; `client_credentials` when a client secret is set |
 //! | `GET /demo/token?sub=&groups=a,b&ttl=&alg=&aud=` | a plain-text access token for scripts |
 //! | `GET /verify-device` | a placeholder page for the device flow's `verification_uri` |
 //!
@@ -61,6 +61,15 @@ pub struct DevIdpOptions {
     /// Algorithm of access tokens from the flows and `/demo/token` (id_tokens
     /// are always RS256, the default openid-client insists on).
     pub flow_alg: DevAlg,
+    /// When set, `POST /token` also serves the `client_credentials` grant to
+    /// `client_id` authenticating with this secret (HTTP Basic or form
+    /// fields); the token's `sub` is the client id, as Okta and Entra ID do.
+    pub client_secret: Option<String>,
+    /// OAuth errors the token endpoint answers, in order, to the polls of
+    /// each device code before it grants one (e.g. `authorization_pending`,
+    /// `slow_down`): a person who has not finished signing in yet. Empty:
+    /// granted on the first poll.
+    pub device_poll_answers: Vec<String>,
 }
 
 impl Default for DevIdpOptions {
@@ -72,6 +81,8 @@ impl Default for DevIdpOptions {
             token_ttl_secs: 3600,
             default_sub: "demo-user".into(),
             flow_alg: DevAlg::Rs256,
+            client_secret: None,
+            device_poll_answers: Vec::new(),
         }
     }
 }

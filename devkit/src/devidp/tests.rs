@@ -678,6 +678,151 @@ async fn demo_token_endpoint() {
 }
 
 #[tokio::test]
+async fn device_polls_follow_the_script_before_the_grant() {
+    let idp = DevIdp::start(
+        LOCAL.parse().unwrap(),
+        DevIdpOptions {
+            device_poll_answers: vec!["authorization_pending".into(), "slow_down".into()],
+            ..DevIdpOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cid = idp.options().client_id.clone();
+    let (_, d) = post_form(&idp, "/device", &[("client_id", &cid)]).await;
+    let code = d["device_code"].as_str().unwrap().to_string();
+    let poll = [
+        ("grant_type", DEVICE_GRANT_URN),
+        ("device_code", code.as_str()),
+        ("client_id", cid.as_str()),
+    ];
+    // Another client's poll neither advances the script nor gets the token.
+    let (st, t) = post_form(
+        &idp,
+        "/token",
+        &[
+            ("grant_type", DEVICE_GRANT_URN),
+            ("device_code", code.as_str()),
+            ("client_id", "someone-else"),
+        ],
+    )
+    .await;
+    assert_eq!((st, t["error"].as_str()), (400, Some("invalid_grant")));
+    let (_, d) = post_form(&idp, "/device", &[("client_id", &cid)]).await;
+    let code = d["device_code"].as_str().unwrap().to_string();
+    let poll = [poll[0], ("device_code", code.as_str()), poll[2]];
+    for expected in ["authorization_pending", "slow_down"] {
+        let (st, t) = post_form(&idp, "/token", &poll).await;
+        assert_eq!((st, t["error"].as_str()), (400, Some(expected)), "{t}");
+    }
+    let (st, t) = post_form(&idp, "/token", &poll).await;
+    assert_eq!(st, 200, "{t}");
+    assert!(t["access_token"].is_string());
+    let (st, t) = post_form(&idp, "/token", &poll).await;
+    assert_eq!(
+        (st, t["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "single use"
+    );
+}
+
+#[tokio::test]
+async fn client_credentials_only_with_the_secret() {
+    let plain = idp().await;
+    let (st, t) = post_form(
+        &plain,
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "mongo-oidc-proxy-demo"),
+            ("client_secret", "x"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (st, t["error"].as_str()),
+        (400, Some("unauthorized_client")),
+        "{t}"
+    );
+
+    let idp = DevIdp::start(
+        LOCAL.parse().unwrap(),
+        DevIdpOptions {
+            client_secret: Some("s3cr:t&".into()),
+            ..DevIdpOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let d: Value = http()
+        .get(format!("{}/.well-known/openid-configuration", idp.issuer()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(d["grant_types_supported"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("client_credentials")));
+    let cid = idp.options().client_id.clone();
+    // HTTP Basic with each part form-urlencoded (RFC 6749 §2.3.1).
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{cid}:s3cr%3At%26"));
+    let r = http()
+        .post(format!("{}/token", idp.issuer()))
+        .header("Authorization", format!("Basic {basic}"))
+        .form(&[("grant_type", "client_credentials"), ("scope", "mongodb")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let t: Value = r.json().await.unwrap();
+    assert!(
+        t.get("refresh_token").is_none() && t.get("id_token").is_none(),
+        "{t}"
+    );
+    let c = verify(
+        &idp,
+        t["access_token"].as_str().unwrap(),
+        &idp.options().audience,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (c["sub"].as_str(), c["scope"].as_str()),
+        (Some(cid.as_str()), Some("mongodb"))
+    );
+
+    let (st, t) = post_form(
+        &idp,
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &cid),
+            ("client_secret", "s3cr:t&"),
+        ],
+    )
+    .await;
+    assert_eq!(st, 200, "client_secret_post: {t}");
+    let (st, t) = post_form(
+        &idp,
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &cid),
+            ("client_secret", "wrong"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (st, t["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{t}"
+    );
+}
+
+#[tokio::test]
 async fn shutdown_releases_port() {
     let first = idp().await;
     let addr = first.local_addr();
