@@ -56,11 +56,19 @@
 //!   drain; [`fdlimit`]: the file-descriptor limit against `max_connections`.
 //! - [`metrics`]: Prometheus registry, the metrics sink, `/metrics`,
 //!   `/healthz`, `/readyz`.
+//! - [`admin`]: the admin endpoints (`/admin/...` on the metrics address,
+//!   behind a bearer token): reload, JWKS refresh and revocation, the open
+//!   sessions ([`session::registry`]) and closing one. Its token type is a
+//!   leaf the runtime builder reads; its router sits below [`server`], which
+//!   hands it the reload function SIGHUP uses. The wire side, mongod's
+//!   `oidcListKeys`/`oidcRefreshKeys` for admin grants, is
+//!   [`session::admin`].
 //! - [`errors`]: MongoDB error codes and replies.
 //! - [`devcerts`], [`devidp`], [`demo`]: development certificates, a
 //!   development identity provider and the `demo` subcommand (SecantusDB
 //!   launcher in [`demo::secantus`]), used by the demo and the tests.
 
+pub mod admin;
 pub mod auth;
 pub mod authz;
 pub mod backend;

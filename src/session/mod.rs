@@ -15,11 +15,13 @@
 //! loop keeps serving until the drain period ends; a command still running
 //! then gets InterruptedAtShutdown (11600).
 
+pub mod admin;
 pub mod commands;
 pub mod decide;
 pub mod events;
 pub mod handshake;
 pub mod phase;
+pub mod registry;
 mod relay;
 
 use std::net::SocketAddr;
@@ -40,7 +42,7 @@ use crate::runtime::{Runtime, Shared, Stage};
 use crate::wire::{self, DecodeError, Frame, Op, OpCode, Request};
 
 pub use decide::{Action, Inputs, Local, Refused};
-use events::BackendStage;
+use events::{AdminAction, AdminOutcome, BackendStage, OperatorEvent};
 pub use events::{ConnInfo, Counts, Disposition, Event};
 use phase::{Access, Flow, Phase, Policy};
 
@@ -59,10 +61,12 @@ pub enum CloseReason {
     ClientIo,
     BackendClosed,
     Shutdown,
+    /// `POST /admin/sessions/<id>/close`.
+    ClosedByOperator,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::ClientClosed,
         CloseReason::IdleBeforeSignIn,
         CloseReason::MalformedMessage,
@@ -70,6 +74,7 @@ impl CloseReason {
         CloseReason::ClientIo,
         CloseReason::BackendClosed,
         CloseReason::Shutdown,
+        CloseReason::ClosedByOperator,
     ];
 
     pub fn label(self) -> &'static str {
@@ -81,6 +86,7 @@ impl CloseReason {
             CloseReason::ClientIo => "client_io",
             CloseReason::BackendClosed => "backend_closed",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::ClosedByOperator => "closed_by_operator",
         }
     }
 }
@@ -166,6 +172,8 @@ pub struct Session<S> {
     phase: Phase,
     backend: Option<BackendLink>,
     counts: Counts,
+    /// This session in the operator's list, and its close request.
+    listed: registry::SessionHandle,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -174,6 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             id: shared.next_connection_id(),
             peer,
         };
+        let listed = shared.sessions.open(&conn);
         Session {
             client: Client {
                 stream,
@@ -187,6 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             phase: Phase::Anonymous,
             backend: None,
             counts: Counts::default(),
+            listed,
         }
     }
 
@@ -222,6 +232,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let rt = self.shared.runtime.load_full();
             self.counts.bytes_from_client += frame.bytes.len() as u64;
             self.counts.commands += 1;
+            self.listed.count_in(frame.bytes.len() as u64);
             self.resolve_phase(&rt);
             let result = match Request::decode(&frame.bytes) {
                 Ok(req) => {
@@ -269,6 +280,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             r = read => r,
             _ = timeout => return Err(CloseReason::IdleBeforeSignIn),
             _ = closing(&mut self.stage) => return Err(CloseReason::Shutdown),
+            _ = self.listed.closed() => return Err(CloseReason::ClosedByOperator),
         };
         match result {
             Ok(Some(frame)) => Ok(frame),
@@ -361,6 +373,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Action::SaslStart => self.sasl_start(req, rt).await,
             Action::SaslContinue => self.sasl_continue(req, rt).await,
             Action::Local(local) => self.local(local, rt).await,
+            Action::Admin(command) => self.admin(command, rt).await,
         };
         if req.more_to_come {
             return Ok(());
@@ -377,7 +390,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Result<(), CloseReason> {
         let n = self.client.reply(response_to, kind, doc).await?;
         self.counts.bytes_to_client += n;
+        self.listed.count_out(n);
         Ok(())
+    }
+
+    /// `oidcListKeys` / `oidcRefreshKeys` for an admin grant (decide
+    /// checked it); each goes through the sinks as an operator event.
+    async fn admin(&mut self, command: admin::AdminCommand, rt: &Runtime) -> RawDocumentBuf {
+        let (action, reply, outcome, detail) = match &command {
+            admin::AdminCommand::ListKeys { issuers } => (
+                AdminAction::OidcListKeys,
+                admin::list_keys_reply(&rt.registry, issuers.as_deref()),
+                AdminOutcome::Ok,
+                String::new(),
+            ),
+            admin::AdminCommand::RefreshKeys {
+                issuers,
+                invalidate_on_failure,
+            } => {
+                let result =
+                    admin::refresh_keys(&rt.registry, issuers.as_deref(), *invalidate_on_failure)
+                        .await;
+                let (outcome, detail) = match &result {
+                    Ok(()) => (AdminOutcome::Ok, String::new()),
+                    Err(e) => (AdminOutcome::Failed, e.errmsg.clone()),
+                };
+                (
+                    AdminAction::OidcRefreshKeys,
+                    admin::refresh_reply(&result),
+                    outcome,
+                    detail,
+                )
+            }
+        };
+        let user = self
+            .phase
+            .signed_in()
+            .map_or("", |s| s.identity.user.as_str());
+        let source = format!("wire conn {} user {user}", self.conn.id);
+        let target = command.issuers().map(|list| list.join(","));
+        self.shared.sinks.operator(&OperatorEvent::Admin {
+            action,
+            target: target.as_deref(),
+            outcome,
+            detail: &detail,
+            source: &source,
+        });
+        reply
     }
 
     async fn local(&mut self, local: Local, rt: &Runtime) -> RawDocumentBuf {
@@ -616,16 +675,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(CloseReason::BackendClosed);
         };
         let mut progress = relay::Progress::default();
+        let mut by_operator = false;
         let outcome = tokio::select! {
             r = relay::relay(&mut self.client.stream, &mut link.connection, req.bytes, req.more_to_come, &mut progress) => Some(r),
             _ = closing(&mut self.stage) => None,
+            _ = self.listed.closed() => { by_operator = true; None }
         };
         self.counts.bytes_to_client += progress.to_client;
+        self.listed.count_out(progress.to_client);
         self.emit(&Event::Relayed {
             to_backend: req.bytes.len() as u64,
             to_client: progress.to_client,
             replies: progress.replies,
         });
+        if by_operator {
+            // The client sees EOF, as when a mongod connection is killed.
+            return Err(CloseReason::ClosedByOperator);
+        }
         match outcome {
             Some(Ok(())) => Ok(()),
             Some(Err(relay::RelayError::Client)) => Err(CloseReason::ClientIo),
