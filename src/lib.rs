@@ -60,6 +60,13 @@
 //!   `/healthz`, `/readyz`.
 //! - [`audit`]: the audit trail, a sink writing one JSON record per line
 //!   through a bounded queue ([`audit::record`] builds the records).
+//! - [`admin`]: the admin endpoints (`/admin/...` on the metrics address,
+//!   behind a bearer token): reload, JWKS refresh and revocation, the open
+//!   sessions ([`session::registry`]) and closing one. Its token type is a
+//!   leaf the runtime builder reads; its router sits below [`server`], which
+//!   hands it the reload function SIGHUP uses. The wire side, mongod's
+//!   `oidcListKeys`/`oidcRefreshKeys` for admin grants, is
+//!   [`session::admin`].
 //! - [`errors`]: MongoDB error codes and replies.
 //! - [`selftest`]: the operator's own checks from the command line —
 //!   `token` (an access token from a configured IdP by the device flow or
@@ -84,6 +91,7 @@
     )
 )]
 
+pub mod admin;
 pub mod admission;
 pub mod audit;
 pub mod auth;

@@ -16,11 +16,13 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::AdminToken;
 use crate::auth::IdpRegistry;
 use crate::authz::{Grants, Secrets};
 use crate::backend::Backend;
 use crate::config::{Config, ConfigError, LimitsConfig};
 use crate::session::events::Sinks;
+use crate::session::registry::SessionRegistry;
 
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
 
@@ -35,6 +37,8 @@ pub struct Runtime {
     pub backend: Arc<Backend>,
     pub limits: LimitsConfig,
     pub drain: Duration,
+    /// The admin endpoints' token; `None`: the endpoints answer 404.
+    pub admin: Option<AdminToken>,
 }
 
 impl Runtime {
@@ -54,7 +58,13 @@ impl Runtime {
         };
         crate::fdlimit::ensure_capacity(config.limits.max_connections)?;
         crate::audit::check(config.audit.as_ref())?;
+        let admin = config
+            .admin
+            .as_ref()
+            .map(AdminToken::from_config)
+            .transpose()?;
         Ok(Runtime {
+            admin,
             version: VERSIONS.fetch_add(1, Ordering::Relaxed),
             limits: config.limits.clone(),
             drain: Duration::from_secs(config.shutdown.drain_secs),
@@ -125,6 +135,12 @@ impl Runtime {
         if old.audit != cfg.audit {
             parts.push("audit changed".into());
         }
+        match (&self.admin, &new.admin) {
+            (None, Some(_)) => parts.push("admin endpoints enabled".into()),
+            (Some(_), None) => parts.push("admin endpoints disabled".into()),
+            (Some(a), Some(b)) if a != b => parts.push("admin token changed".into()),
+            _ => {}
+        }
         parts.join("; ")
     }
 }
@@ -139,10 +155,18 @@ pub enum Stage {
     Closing,
 }
 
+/// What a successful reload changed.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub changes: String,
+}
+
 /// What every session shares with the listener.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub sinks: Sinks,
+    /// The open sessions (also one of the sinks), for the admin endpoints.
+    pub sessions: Arc<SessionRegistry>,
     pub stage: watch::Receiver<Stage>,
     /// Returned as `serviceId` to load-balanced clients.
     pub service_id: bson::oid::ObjectId,
@@ -152,10 +176,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime, sinks: Sinks, stage: watch::Receiver<Stage>) -> Shared {
+    pub fn new(runtime: Runtime, mut sinks: Sinks, stage: watch::Receiver<Stage>) -> Shared {
+        let sessions = Arc::new(SessionRegistry::new());
+        sinks.add(sessions.clone());
         Shared {
             runtime: ArcSwap::from_pointee(runtime),
             sinks,
+            sessions,
             stage,
             service_id: bson::oid::ObjectId::new(),
             admission: crate::admission::Table::default(),

@@ -15,10 +15,12 @@ use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::admin::http::Reload;
 use crate::admission::Refusal;
 use crate::audit::Audit;
 use crate::config::{Config, ConfigError};
 use crate::metrics::{self, Metrics, MetricsSink};
+pub use crate::runtime::Reloaded;
 use crate::runtime::{Runtime, Shared, Stage};
 use crate::session::events::{LogSink, OperatorEvent, RateLimit, Sinks};
 use crate::session::Session;
@@ -47,15 +49,17 @@ pub struct Running {
     shared: Arc<Shared>,
     stage: watch::Sender<Stage>,
     task: tokio::task::JoinHandle<()>,
+    /// SIGHUP and `POST /admin/reload` both reload through it.
+    reloader: Arc<Reloader>,
+}
+
+/// Re-reads and swaps in the config, one reload at a time.
+struct Reloader {
+    shared: Arc<Shared>,
+    audit: Arc<Audit>,
     /// The file reloads re-read; `None` when started from parsed text.
     config_path: Option<PathBuf>,
     reloading: Mutex<()>,
-}
-
-/// What a successful reload changed.
-#[derive(Debug, Clone)]
-pub struct Reloaded {
-    pub changes: String,
 }
 
 impl Running {
@@ -97,6 +101,23 @@ impl Running {
     /// Re-reads the config file and swaps it in, or keeps the running one
     /// and says why not.
     pub async fn reload(&self) -> Result<Reloaded, ConfigError> {
+        self.reloader.reload().await
+    }
+
+    /// Validates `config` through the runtime builder and swaps it in whole.
+    pub async fn reload_with(&self, config: Config) -> Result<Reloaded, ConfigError> {
+        self.reloader.reload_with(config).await
+    }
+
+    /// SIGUSR1 (logrotate's `postrotate`): the audit file is opened again at
+    /// its path; records queued before go to the file that was open.
+    pub async fn reopen_audit(&self) {
+        self.audit.reopen().await;
+    }
+}
+
+impl Reloader {
+    async fn reload(&self) -> Result<Reloaded, ConfigError> {
         let Some(path) = self.config_path.clone() else {
             return Err(ConfigError::new(
                 "config",
@@ -119,8 +140,7 @@ impl Running {
         result
     }
 
-    /// Validates `config` through the runtime builder and swaps it in whole.
-    pub async fn reload_with(&self, config: Config) -> Result<Reloaded, ConfigError> {
+    async fn reload_with(&self, config: Config) -> Result<Reloaded, ConfigError> {
         let _one_at_a_time = self.reloading.lock().await;
         let current = self.shared.runtime.load_full();
         current.check_reloadable(&config)?;
@@ -132,26 +152,29 @@ impl Running {
         self.shared.runtime.store(Arc::new(next));
         Ok(Reloaded { changes })
     }
+}
 
-    /// SIGUSR1 (logrotate's `postrotate`): the audit file is opened again at
-    /// its path; records queued before go to the file that was open.
-    pub async fn reopen_audit(&self) {
-        self.audit.reopen().await;
+impl Reload for Reloader {
+    fn reload(&self) -> crate::admin::http::ReloadFuture<'_> {
+        Box::pin(Reloader::reload(self))
     }
 }
 
 /// Starts with a config loaded from `path`, which reloads re-read.
 pub async fn start_from_file(config: Config, path: &Path) -> Result<Running, StartError> {
-    let mut running = start(config).await?;
-    running.config_path = Some(path.to_path_buf());
-    Ok(running)
+    start_at(config, Some(path.to_path_buf())).await
 }
 
 /// Builds every part from a config and starts listening.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_at(config, None).await
+}
+
+async fn start_at(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
     let runtime = Runtime::build(config, None)?;
     let metrics = Arc::new(Metrics::new());
     let listen = runtime.config.listen.address;
+    let metrics_config = runtime.config.metrics.clone();
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| StartError::Listen {
@@ -162,9 +185,25 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: listen,
         detail: e.to_string(),
     })?;
-    let metrics_addr = match &runtime.config.metrics {
+    let audit = Audit::start(runtime.config.audit.as_ref(), &metrics.registry)?;
+    let (stage, stage_rx) = watch::channel(Stage::Serving);
+    let sinks = Sinks::new(vec![
+        Arc::new(MetricsSink(metrics.clone())),
+        Arc::new(LogSink::default()),
+        audit.clone(),
+    ]);
+    let shared = Arc::new(Shared::new(runtime, sinks, stage_rx));
+    let reloader = Arc::new(Reloader {
+        shared: shared.clone(),
+        audit: audit.clone(),
+        config_path,
+        reloading: Mutex::new(()),
+    });
+    let metrics_addr = match &metrics_config {
         Some(m) => {
-            let (addr, _task) = metrics::serve(m.address, metrics.clone())
+            // The admin endpoints answer 404 unless the runtime has [admin].
+            let admin = crate::admin::http::router(shared.clone(), reloader.clone());
+            let (addr, _task) = metrics::serve_with(m.address, metrics.clone(), admin)
                 .await
                 .map_err(|e| StartError::Metrics {
                     addr: m.address,
@@ -174,16 +213,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         None => None,
     };
-    let audit = Audit::start(runtime.config.audit.as_ref(), &metrics.registry)?;
-    runtime.registry.load_all().await;
+    let registry = shared.runtime.load().registry.clone();
+    registry.load_all().await;
     metrics.stamp_config_loaded();
-    let (stage, stage_rx) = watch::channel(Stage::Serving);
-    let sinks = Sinks::new(vec![
-        Arc::new(MetricsSink(metrics.clone())),
-        Arc::new(LogSink::default()),
-        audit.clone(),
-    ]);
-    let shared = Arc::new(Shared::new(runtime, sinks, stage_rx));
     spawn_readiness_probe(shared.clone(), metrics.clone());
     let task = tokio::spawn(accept_loop(listener, shared.clone(), metrics.clone()));
     info!(address = %local_addr, metrics = ?metrics_addr, "mongo-oidc-proxy listening");
@@ -195,8 +227,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shared,
         stage,
         task,
-        config_path: None,
-        reloading: Mutex::new(()),
+        reloader,
     })
 }
 

@@ -113,9 +113,11 @@ enum Fields<'a> {
         error: Option<&'a str>,
     },
     Admin {
-        action: &'a str,
-        target: &'a str,
-        outcome: &'a str,
+        action: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        target: Option<&'a str>,
+        outcome: &'static str,
+        detail: &'a str,
         source: &'a str,
     },
 }
@@ -286,13 +288,15 @@ pub fn operator(now: SystemTime, event: &OperatorEvent<'_>) -> Option<String> {
             action,
             target,
             outcome,
+            detail,
             source,
         } => (
             "admin",
             Fields::Admin {
-                action,
-                target,
-                outcome,
+                action: action.label(),
+                target: *target,
+                outcome: outcome.label(),
+                detail,
                 source,
             },
         ),
@@ -317,6 +321,8 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use serde_json::{json, Value};
+
+    use crate::session::events::{AdminAction, AdminOutcome};
 
     use super::*;
     use crate::auth::{AuthFailure, Identity};
@@ -622,9 +628,10 @@ mod tests {
         let v = parse(operator(
             now(),
             &OperatorEvent::Admin {
-                action: "refresh_keys",
-                target: "https://idp.example.com",
-                outcome: "ok",
+                action: AdminAction::JwksRefresh,
+                target: Some("https://idp.example.com"),
+                outcome: AdminOutcome::Ok,
+                detail: "2 keys loaded",
                 source: "http 127.0.0.1:9216",
             },
         ));
@@ -633,9 +640,10 @@ mod tests {
             json!({
                 "time": "2024-05-06T07:08:09.123Z",
                 "type": "admin",
-                "action": "refresh_keys",
+                "action": "jwks_refresh",
                 "target": "https://idp.example.com",
                 "outcome": "ok",
+                "detail": "2 keys loaded",
                 "source": "http 127.0.0.1:9216",
             })
         );

@@ -17,6 +17,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPublicKey};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::AuthFailure;
@@ -83,6 +84,9 @@ pub struct Key {
     pub decoding: DecodingKey,
     /// The JWK exactly as fetched (for listing keys).
     pub jwk: Value,
+    /// The JWK's text as fetched, members in the IdP's order (`Value`
+    /// sorts them), for `oidcListKeys`.
+    pub jwk_text: Box<RawValue>,
 }
 
 /// The keys of one issuer, by `kid`.
@@ -124,13 +128,16 @@ impl KeySet {
 pub fn parse_jwks(bytes: &[u8]) -> Result<KeySet, JwksError> {
     #[derive(serde::Deserialize)]
     struct Doc {
-        keys: Vec<Value>,
+        keys: Vec<Box<RawValue>>,
     }
     let doc: Doc = serde_json::from_slice(bytes)
         .map_err(|e| JwksError::Format(format!("expected an object with a 'keys' array: {e}")))?;
     let mut set = KeySet::default();
     let mut seen = std::collections::HashSet::new();
-    for (i, jwk) in doc.keys.into_iter().enumerate() {
+    for (i, jwk_text) in doc.keys.into_iter().enumerate() {
+        // Already parsed once as JSON: this cannot fail, but is not unwrapped.
+        let jwk: Value = serde_json::from_str(jwk_text.get())
+            .map_err(|e| JwksError::Format(format!("key #{i}: {e}")))?;
         let (kty, kid) = kty_and_kid(&jwk, i)?;
         if !seen.insert(kid.to_owned()) {
             return Err(JwksError::DuplicateKid(kid.to_owned()));
@@ -143,6 +150,7 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<KeySet, JwksError> {
             kind,
             decoding,
             jwk: jwk.clone(),
+            jwk_text,
         });
         set.keys.insert(key.kid.clone(), key.clone());
         set.order.push(key);
@@ -449,6 +457,43 @@ impl JwksCache {
     pub async fn load(&self) -> Result<(), JwksError> {
         let mut state = self.fetch.lock().await;
         self.fetch_and_swap(&mut state).await
+    }
+
+    /// `oidcRefreshKeys`: fetches now, ignoring the quiesce period. A failed
+    /// fetch keeps the old keys, unless `invalidate_on_failure`: then the
+    /// keys are dropped as by [`JwksCache::flush`], as mongod does.
+    pub async fn refresh_now(&self, invalidate_on_failure: bool) -> Result<(), JwksError> {
+        let mut state = self.fetch.lock().await;
+        let result = self.fetch_and_swap(&mut state).await;
+        if result.is_err() && invalidate_on_failure {
+            self.drop_keys();
+        }
+        result
+    }
+
+    /// Forgets every key and bumps the generation, so that every session
+    /// and cached token verified with them stops holding (391). Sign-ins
+    /// fail until a fetch succeeds.
+    pub async fn flush(&self) {
+        let _state = self.fetch.lock().await;
+        self.drop_keys();
+    }
+
+    /// Revokes the cached keys (MongoDB Atlas's "Revoke JWKS"): drops them
+    /// and bumps the generation even when the IdP still serves the same
+    /// keys, then fetches anew. Every session signed in before gets 391; on
+    /// a failed fetch no key is trusted until a later fetch succeeds.
+    pub async fn revoke(&self) -> Result<Arc<KeySet>, JwksError> {
+        let mut state = self.fetch.lock().await;
+        self.drop_keys();
+        self.fetch_and_swap(&mut state).await?;
+        Ok(self.keys())
+    }
+
+    /// Callers hold the fetch lock, so no fetch in flight stores old keys after.
+    fn drop_keys(&self) {
+        self.keys.store(Arc::new(KeySet::default()));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The key for `kid`, refreshing just in time when it is unknown and the
@@ -1018,6 +1063,81 @@ mod tests {
         );
         assert!(cache.key_for("b").await.is_ok());
         assert_eq!(cache.fetch_count(), 2, "known kid never fetches");
+    }
+
+    #[test]
+    fn the_fetched_text_of_each_key_is_kept_in_order() {
+        let text = r#"{"keys": [{"kty": "EC", "kid": "p", "crv": "P-256", "x": "X", "y": "Y"}]}"#;
+        let mut k = p256_key("p").jwk;
+        let body = text
+            .replace("\"X\"", &k["x"].to_string())
+            .replace("\"Y\"", &k["y"].to_string());
+        let set = parse_jwks(body.as_bytes()).unwrap();
+        let key = set.get("p").unwrap();
+        let (x, y) = (k["x"].take(), k["y"].take());
+        assert_eq!(
+            key.jwk_text.get(),
+            format!(r#"{{"kty": "EC", "kid": "p", "crv": "P-256", "x": {x}, "y": {y}}}"#)
+        );
+    }
+
+    #[tokio::test]
+    async fn revoke_drops_the_keys_bumps_the_generation_and_refetches() {
+        let (a, b) = (
+            rsa_key("a", Algorithm::RS256),
+            rsa_key("b", Algorithm::RS256),
+        );
+        let (base, state) = serve_idp(jwks_of(&[&a])).await;
+        // A long quiesce period: revoking ignores it.
+        let cache = JwksCache::new(&base, None, 3600, 0, client()).unwrap();
+        cache.load().await.unwrap();
+        let gen0 = cache.generation();
+        // The same keys still served: the generation moves all the same.
+        let kept = cache.revoke().await.unwrap();
+        assert!(kept.get("a").is_some());
+        assert_eq!(cache.generation(), gen0 + 1);
+        // Rotated at the IdP: only the new key is trusted.
+        state.lock().unwrap().jwks = jwks_of(&[&b]);
+        let now = cache.revoke().await.unwrap();
+        assert_eq!(
+            now.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(cache.generation(), gen0 + 2);
+        assert_eq!(cache.fetch_count(), 3);
+        // The IdP is down: nothing is trusted until it answers.
+        state.lock().unwrap().jwks_status = 500;
+        let err = cache.revoke().await.unwrap_err();
+        assert!(
+            matches!(&err, JwksError::Http { message, .. } if message == "HTTP status 500 Internal Server Error"),
+            "{err}"
+        );
+        assert!(cache.keys().is_empty());
+        assert_eq!(cache.generation(), gen0 + 3);
+    }
+
+    #[tokio::test]
+    async fn refresh_now_ignores_the_quiesce_period_and_invalidates_on_failure_when_asked() {
+        let (a, b) = (
+            rsa_key("a", Algorithm::RS256),
+            rsa_key("b", Algorithm::RS256),
+        );
+        let (base, state) = serve_idp(jwks_of(&[&a])).await;
+        let cache = JwksCache::new(&base, None, 3600, 0, client()).unwrap();
+        cache.load().await.unwrap();
+        state.lock().unwrap().jwks = jwks_of(&[&a, &b]);
+        cache.refresh_now(true).await.unwrap();
+        assert_eq!((cache.keys().len(), cache.generation()), (2, 0));
+        state.lock().unwrap().jwks_status = 500;
+        assert!(cache.refresh_now(false).await.is_err());
+        assert_eq!((cache.keys().len(), cache.generation()), (2, 0), "kept");
+        assert!(cache.refresh_now(true).await.is_err());
+        assert_eq!((cache.keys().len(), cache.generation()), (0, 1), "flushed");
+        state.lock().unwrap().jwks_status = 200;
+        cache.refresh_now(true).await.unwrap();
+        assert_eq!((cache.keys().len(), cache.generation()), (2, 1));
+        cache.flush().await;
+        assert_eq!((cache.keys().len(), cache.generation()), (0, 2));
     }
 
     #[tokio::test]

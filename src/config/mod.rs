@@ -39,6 +39,9 @@ pub struct Config {
     pub grant: Vec<GrantConfig>,
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The admin endpoints on the metrics address, and the token they need.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -138,6 +141,18 @@ pub struct GrantConfig {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     pub address: SocketAddr,
+}
+
+/// `[admin]`: where the bearer token of the admin endpoints is. Exactly one
+/// of the two; the runtime builder reads it, so `check` refuses a missing or
+/// empty one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -415,6 +430,9 @@ impl Config {
         if let Some(audit) = self.audit.as_mut().filter(|a| !a.is_stdout()) {
             fix(&mut audit.path);
         }
+        if let Some(f) = self.admin.as_mut().and_then(|a| a.token_file.as_mut()) {
+            fix(f);
+        }
     }
 }
 
@@ -672,6 +690,60 @@ backend_password_env = "DBA_PASSWORD"
         assert!(err.contains("missing field `path`"), "{err}");
         let err = error_for(|s| format!("{s}\n[audit]\npath = \"a\"\nformat = \"json\"\n"));
         assert!(err.contains("unknown field `format`"), "{err}");
+    }
+
+    #[test]
+    fn admin_section_rules() {
+        const METRICS: &str = "\n[metrics]\naddress = \"127.0.0.1:9216\"\n";
+        let with = |admin: &str, metrics: &str| format!("{GOOD}{metrics}\n[admin]\n{admin}\n");
+        let c = Config::parse(&with("token_env = \"MOP_ADMIN\"", METRICS)).unwrap();
+        assert_eq!(
+            c.admin,
+            Some(AdminConfig {
+                token_env: Some("MOP_ADMIN".into()),
+                token_file: None
+            })
+        );
+        assert!(Config::parse(GOOD).unwrap().admin.is_none());
+        let cases = [
+            (
+                with("token_env = \"A\"\ntoken_file = \"t\"", METRICS),
+                "admin.token_env: set either token_env or token_file, not both",
+            ),
+            (
+                with("", METRICS),
+                "admin.token_env: the admin endpoints need a bearer token: name an environment variable (token_env) or a file (token_file)",
+            ),
+            (
+                with("token_env = \"\"", METRICS),
+                "admin.token_env: must name an environment variable",
+            ),
+            (
+                with("token_env = \"A\"", ""),
+                "admin: the admin endpoints are served on the [metrics] address: add [metrics] address = \"127.0.0.1:9216\" (or remove [admin])",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Config::parse(&text).unwrap_err().to_string(), want);
+        }
+        let err = Config::parse(&with("token = \"x\"", METRICS)).unwrap_err();
+        assert!(err.to_string().contains("unknown field `token`"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_token_file_is_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            format!("{GOOD}\n[metrics]\naddress = \"127.0.0.1:9216\"\n\n[admin]\ntoken_file = \"admin.token\"\n"),
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(
+            c.admin.and_then(|a| a.token_file),
+            Some(dir.path().join("admin.token"))
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! file-descriptor limit) is refused by that module's constructor, which
 //! start-up and `check` both call.
 
-use super::{Config, DEFAULT_MAX_MESSAGE_SIZE};
+use super::{AdminConfig, Config, DEFAULT_MAX_MESSAGE_SIZE};
 
 /// A config problem: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,6 +125,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "must name a file to append to, or be \"-\" for standard output",
         ));
     }
+    if let Some(admin) = &config.admin {
+        validate_admin(admin, config.metrics.is_some())?;
+    }
     if config.identity_provider.is_empty() {
         return Err(ConfigError::new(
             "identity_provider",
@@ -136,6 +139,39 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             "grant",
             "configure at least one [[grant]]; without one every session is refused",
+        ));
+    }
+    Ok(())
+}
+
+/// The token's source must be unambiguous, and the endpoints need the
+/// metrics listener they are served on.
+fn validate_admin(admin: &AdminConfig, metrics: bool) -> Result<(), ConfigError> {
+    match (&admin.token_env, &admin.token_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "admin.token_env",
+                "set either token_env or token_file, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                "admin.token_env",
+                "the admin endpoints need a bearer token: name an environment variable (token_env) or a file (token_file)",
+            ))
+        }
+        (Some(var), None) if var.is_empty() => {
+            return Err(ConfigError::new(
+                "admin.token_env",
+                "must name an environment variable",
+            ))
+        }
+        _ => {}
+    }
+    if !metrics {
+        return Err(ConfigError::new(
+            "admin",
+            "the admin endpoints are served on the [metrics] address: add [metrics] address = \"127.0.0.1:9216\" (or remove [admin])",
         ));
     }
     Ok(())

@@ -16,7 +16,8 @@ use prometheus::{
 };
 
 use crate::session::events::{
-    BackendStage, ConnInfo, Disposition, Event, Limit, OperatorEvent, Sink,
+    AdminAction, AdminOutcome, BackendStage, ConnInfo, Disposition, Event, Limit, OperatorEvent,
+    Sink,
 };
 use crate::session::phase::{Access, Expiry};
 use crate::session::{CloseReason, Refused};
@@ -57,6 +58,8 @@ pub struct Metrics {
     pub relay: RelayCounters,
     pub backend_connect_duration: Histogram,
     pub backend_errors: IntCounterVec,
+    /// Admin requests by endpoint and result, every pair created up front.
+    pub admin_requests: IntCounterVec,
     ready: AtomicBool,
 }
 
@@ -254,6 +257,20 @@ impl Metrics {
                 &["result"],
             ),
             config_last_reload_success: reload_ok,
+            admin_requests: {
+                let vec = counter_vec(
+                    &r,
+                    "admin_requests_total",
+                    "Administrative requests (HTTP /admin/... and the oidcListKeys/oidcRefreshKeys commands), by endpoint and result.",
+                    &["endpoint", "result"],
+                );
+                for a in AdminAction::ALL {
+                    for o in AdminOutcome::ALL {
+                        vec.with_label_values(&[a.label(), o.label()]);
+                    }
+                }
+                vec
+            },
             registry: r,
             ready: AtomicBool::new(false),
         }
@@ -409,7 +426,13 @@ impl Sink for MetricsSink {
     fn operator(&self, event: &OperatorEvent<'_>) {
         match event {
             OperatorEvent::Reload { ok, .. } => self.0.count_reload(*ok),
-            OperatorEvent::Admin { .. } => {}
+            OperatorEvent::Admin {
+                action, outcome, ..
+            } => self
+                .0
+                .admin_requests
+                .with_label_values(&[action.label(), outcome.label()])
+                .inc(),
         }
     }
 }
@@ -446,10 +469,23 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_with(addr, metrics, Router::new()).await
+}
+
+/// As [`serve`], with more routes (the admin endpoints) on the same
+/// listener; handlers may read the client's address (`ConnectInfo`).
+pub async fn serve_with(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    extra: Router,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let app = router(metrics)
+        .merge(extra)
+        .into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(metrics)).await {
+        if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });

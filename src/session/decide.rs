@@ -8,6 +8,7 @@ use crate::auth::Identity;
 use crate::errors::MongoError;
 use crate::wire::{Command, DecodeError, Op, OpCode, Request, WireError};
 
+use super::admin::{self, AdminCommand};
 use super::phase::{Access, Flow, Phase, SignedIn};
 use super::CloseReason;
 
@@ -29,10 +30,12 @@ pub enum Refused {
     Malformed,
     Unsupported,
     Draining,
+    /// An administrative command from a session whose grant is not `admin`.
+    NotAdmin,
 }
 
 impl Refused {
-    pub const ALL: [Refused; 8] = [
+    pub const ALL: [Refused; 9] = [
         Refused::Unauthenticated,
         Refused::NoGrant,
         Refused::ReauthenticationRequired,
@@ -41,6 +44,7 @@ impl Refused {
         Refused::Malformed,
         Refused::Unsupported,
         Refused::Draining,
+        Refused::NotAdmin,
     ];
 
     pub fn label(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Refused {
             Refused::Malformed => "refused_malformed",
             Refused::Unsupported => "refused_unsupported",
             Refused::Draining => "refused_draining",
+            Refused::NotAdmin => "refused_not_admin",
         }
     }
 }
@@ -85,6 +90,8 @@ pub enum Action {
     },
     /// Forward to the backend as the session's backend identity.
     Relay,
+    /// An administrative command the proxy runs itself (admin grants only).
+    Admin(AdminCommand),
     /// Nothing can be answered: close the connection.
     Close(CloseReason),
 }
@@ -128,8 +135,51 @@ pub fn decide(req: &Request<'_>, phase: &Phase, inputs: Inputs) -> Action {
             ),
             Refused::Unsupported,
         ),
+        name if admin::is_admin_command(name) => admin_command(command, phase),
         _ => authorised_relay(command, phase),
     }
+}
+
+/// mongod's order for an admin-only command: its arguments, then the
+/// database, then authentication, then the privilege.
+fn admin_command(command: &Command<'_>, phase: &Phase) -> Action {
+    let name = command.name;
+    let parsed = match admin::parse(name, command.body) {
+        Ok(c) => c,
+        Err(error) => return refuse(error, Refused::Malformed),
+    };
+    if command.db != Some("admin") {
+        return refuse(
+            MongoError::unauthorized(format!(
+                "{name} may only be run against the admin database."
+            )),
+            Refused::Unsupported,
+        );
+    }
+    let Some(session) = phase.signed_in() else {
+        return refuse(
+            MongoError::unauthorized(format!("Command {name} requires authentication")),
+            Refused::Unauthenticated,
+        );
+    };
+    if session.expired.is_some() {
+        // As for every other command: the driver re-authenticates and retries.
+        return refuse(
+            MongoError::reauthentication_required(format!(
+                "Command {name} requires reauthentication since the current authorization session has expired. Please re-auth."
+            )),
+            Refused::ReauthenticationRequired,
+        );
+    }
+    if !session.access.is_admin() {
+        return refuse(
+            MongoError::unauthorized(format!(
+                "not authorized on admin to execute command {{ {name}: 1 }}"
+            )),
+            Refused::NotAdmin,
+        );
+    }
+    Action::Admin(parsed)
 }
 
 /// The legacy OP_QUERY is served only for the handshake, as by mongod 5.1+.
@@ -449,6 +499,140 @@ mod tests {
         assert_eq!(
             error.errmsg,
             "Command find requires reauthentication since the current authorization session has expired. Please re-auth."
+        );
+    }
+
+    fn admin_grant() -> Access {
+        Access::Granted {
+            grant: 2,
+            backend: Arc::new(BackendIdentity {
+                user: "app_rw".into(),
+                password: "pw".into(),
+            }),
+            expires: None,
+            admin: true,
+        }
+    }
+
+    #[test]
+    fn admin_commands_by_phase() {
+        let list = || rawdoc! { "oidcListKeys": 1, "$db": "admin" };
+        let refresh =
+            || rawdoc! { "oidcRefreshKeys": 1, "identityProviders": ["https://a"], "$db": "admin" };
+        let not_authorized = "not authorized on admin to execute command { oidcListKeys: 1 }";
+        let reauth = "Command oidcListKeys requires reauthentication since the current authorization session has expired. Please re-auth.";
+        let mut all = phases();
+        all.push(("admin", signed_in(admin_grant(), None)));
+        all.push((
+            "expired admin",
+            signed_in(admin_grant(), Some(Expiry::KeyWithdrawn)),
+        ));
+        type Want = Option<(i32, Refused, &'static str)>;
+        let want: [(&str, Want); 7] = [
+            (
+                "anonymous",
+                Some((
+                    13,
+                    Refused::Unauthenticated,
+                    "Command oidcListKeys requires authentication",
+                )),
+            ),
+            (
+                "authenticating",
+                Some((
+                    13,
+                    Refused::Unauthenticated,
+                    "Command oidcListKeys requires authentication",
+                )),
+            ),
+            ("signed in", Some((13, Refused::NotAdmin, not_authorized))),
+            ("no grant", Some((13, Refused::NotAdmin, not_authorized))),
+            (
+                "expired",
+                Some((391, Refused::ReauthenticationRequired, reauth)),
+            ),
+            ("admin", None),
+            (
+                "expired admin",
+                Some((391, Refused::ReauthenticationRequired, reauth)),
+            ),
+        ];
+        for ((what, phase), (w, expected)) in all.into_iter().zip(want) {
+            assert_eq!(what, w);
+            let action = decide_doc(list(), &phase);
+            match expected {
+                None => {
+                    assert_eq!(
+                        action,
+                        Action::Admin(AdminCommand::ListKeys { issuers: None }),
+                        "{what}"
+                    );
+                    assert_eq!(
+                        decide_doc(refresh(), &phase),
+                        Action::Admin(AdminCommand::RefreshKeys {
+                            issuers: Some(vec!["https://a".into()]),
+                            invalidate_on_failure: true
+                        })
+                    );
+                }
+                Some((code, reason, message)) => {
+                    let Action::Refuse { error, reason: r } = action else {
+                        panic!("{what}: {action:?}")
+                    };
+                    assert_eq!(
+                        (error.code, r, error.errmsg.as_str()),
+                        (code, reason, message),
+                        "{what}"
+                    );
+                }
+            }
+        }
+        // Never relayed, whatever the phase: the backend has no such command.
+        let Action::Refuse { error, .. } = decide_doc(refresh(), &signed_in(granted(), None))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            error.errmsg,
+            "not authorized on admin to execute command { oidcRefreshKeys: 1 }"
+        );
+    }
+
+    #[test]
+    fn admin_commands_run_only_on_admin_and_check_their_arguments_first() {
+        let admin = signed_in(admin_grant(), None);
+        for (db, phase) in [
+            (Some("app"), &admin),
+            (None, &admin),
+            (Some("app"), &Phase::Anonymous),
+        ] {
+            let mut doc = rawdoc! { "oidcListKeys": 1 };
+            if let Some(db) = db {
+                doc.append(bson::raw::cstr!("$db"), db);
+            }
+            let Action::Refuse { error, reason } = decide_doc(doc, phase) else {
+                panic!("{db:?}")
+            };
+            assert_eq!(
+                (error.code, reason, error.errmsg.as_str()),
+                (
+                    13,
+                    Refused::Unsupported,
+                    "oidcListKeys may only be run against the admin database."
+                )
+            );
+        }
+        let bad = rawdoc! { "oidcRefreshKeys": 1, "invalidateOnFailure": "yes", "$db": "admin" };
+        for phase in [&admin, &Phase::Anonymous] {
+            assert_eq!(
+                refusal(&decide_doc(bad.clone(), phase)),
+                Some((14, Refused::Malformed))
+            );
+        }
+        // Names are case-sensitive, as on mongod: anything else is relayed.
+        assert_eq!(
+            decide_doc(rawdoc! { "oidclistkeys": 1, "$db": "admin" }, &admin),
+            Action::Relay
         );
     }
 

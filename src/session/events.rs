@@ -174,14 +174,86 @@ pub enum OperatorEvent<'a> {
         path: &'a str,
         detail: &'a str,
     },
-    /// An administrative action (admin command or HTTP endpoint): what was
-    /// done, to what, how it ended, and who asked.
+    /// An administrative request, over HTTP (`/admin/...`) or the wire
+    /// (`oidcListKeys`, `oidcRefreshKeys`).
     Admin {
-        action: &'a str,
-        target: &'a str,
-        outcome: &'a str,
+        /// What was asked: [`AdminAction::label`].
+        action: AdminAction,
+        /// What it was about: an issuer, a connection id; `None` for all.
+        target: Option<&'a str>,
+        outcome: AdminOutcome,
+        /// What happened, for the log: changes made, keys loaded, the error.
+        detail: &'a str,
+        /// Who asked: `http 127.0.0.1:53122`, or `wire conn 12 user okta/alice`.
         source: &'a str,
     },
+}
+
+/// The administrative requests there are (a bounded metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    Reload,
+    JwksRefresh,
+    JwksRevoke,
+    Sessions,
+    SessionClose,
+    /// The wire commands, under their mongod names.
+    OidcListKeys,
+    OidcRefreshKeys,
+}
+
+impl AdminAction {
+    pub const ALL: [AdminAction; 7] = [
+        AdminAction::Reload,
+        AdminAction::JwksRefresh,
+        AdminAction::JwksRevoke,
+        AdminAction::Sessions,
+        AdminAction::SessionClose,
+        AdminAction::OidcListKeys,
+        AdminAction::OidcRefreshKeys,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AdminAction::Reload => "reload",
+            AdminAction::JwksRefresh => "jwks_refresh",
+            AdminAction::JwksRevoke => "jwks_revoke",
+            AdminAction::Sessions => "sessions",
+            AdminAction::SessionClose => "session_close",
+            AdminAction::OidcListKeys => "oidcListKeys",
+            AdminAction::OidcRefreshKeys => "oidcRefreshKeys",
+        }
+    }
+}
+
+/// How an administrative request ended (a bounded metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminOutcome {
+    Ok,
+    /// Carried out, and it failed (a refused config, an IdP that did not answer).
+    Failed,
+    /// No or a wrong bearer token.
+    Unauthorized,
+    /// No such session or issuer.
+    NotFound,
+}
+
+impl AdminOutcome {
+    pub const ALL: [AdminOutcome; 4] = [
+        AdminOutcome::Ok,
+        AdminOutcome::Failed,
+        AdminOutcome::Unauthorized,
+        AdminOutcome::NotFound,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AdminOutcome::Ok => "ok",
+            AdminOutcome::Failed => "failed",
+            AdminOutcome::Unauthorized => "unauthorized",
+            AdminOutcome::NotFound => "not_found",
+        }
+    }
 }
 
 /// A subscriber to session events.
@@ -199,6 +271,10 @@ pub struct Sinks(Vec<Arc<dyn Sink>>);
 impl Sinks {
     pub fn new(sinks: Vec<Arc<dyn Sink>>) -> Sinks {
         Sinks(sinks)
+    }
+
+    pub fn add(&mut self, sink: Arc<dyn Sink>) {
+        self.0.push(sink);
     }
 
     pub fn emit(&self, conn: &ConnInfo, event: &Event<'_>) {
@@ -339,8 +415,16 @@ impl Sink for LogSink {
                 action,
                 target,
                 outcome,
+                detail,
                 source,
-            } => tracing::info!(action, target, outcome, source, "administrative action"),
+            } => match outcome {
+                AdminOutcome::Ok => {
+                    tracing::info!(action = action.label(), target = target.unwrap_or("all"),
+                    outcome = outcome.label(), detail = %detail, source = %source, "admin request")
+                }
+                _ => tracing::warn!(action = action.label(), target = target.unwrap_or("all"),
+                    outcome = outcome.label(), detail = %detail, source = %source, "admin request"),
+            },
         }
     }
 }

@@ -15,11 +15,13 @@
 //! loop keeps serving until the drain period ends; a command still running
 //! then gets InterruptedAtShutdown (11600).
 
+pub mod admin;
 pub mod commands;
 pub mod decide;
 pub mod events;
 pub mod handshake;
 pub mod phase;
+pub mod registry;
 mod relay;
 
 use std::net::SocketAddr;
@@ -40,7 +42,7 @@ use crate::runtime::{Runtime, Shared, Stage};
 use crate::wire::{self, DecodeError, Frame, Op, OpCode, Request};
 
 pub use decide::{Action, Inputs, Local, Refused};
-use events::BackendStage;
+use events::{AdminAction, AdminOutcome, BackendStage, OperatorEvent};
 pub use events::{ConnInfo, Counts, Disposition, Event, Limit};
 use phase::{Access, Flow, Phase, Policy};
 
@@ -61,10 +63,12 @@ pub enum CloseReason {
     Shutdown,
     SignInDeadline,
     SignInFailures,
+    /// `POST /admin/sessions/<id>/close`.
+    ClosedByOperator,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::ClientClosed,
         CloseReason::IdleBeforeSignIn,
         CloseReason::MalformedMessage,
@@ -74,6 +78,7 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::SignInDeadline,
         CloseReason::SignInFailures,
+        CloseReason::ClosedByOperator,
     ];
 
     pub fn label(self) -> &'static str {
@@ -87,6 +92,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::SignInDeadline => "sign_in_deadline",
             CloseReason::SignInFailures => "sign_in_failures",
+            CloseReason::ClosedByOperator => "closed_by_operator",
         }
     }
 }
@@ -180,6 +186,8 @@ pub struct Session<S> {
     phase: Phase,
     backend: Option<BackendLink>,
     counts: Counts,
+    /// This session in the operator's list, and its close request.
+    listed: registry::SessionHandle,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -190,6 +198,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let started = Instant::now();
         let deadline = Duration::from_secs(shared.runtime.load().limits.sign_in_deadline_secs);
+        let listed = shared.sessions.open(&conn);
         Session {
             client: Client {
                 stream,
@@ -207,6 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             phase: Phase::Anonymous,
             backend: None,
             counts: Counts::default(),
+            listed,
         }
     }
 
@@ -243,6 +253,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let rt = self.shared.runtime.load_full();
             self.counts.bytes_from_client += frame.bytes.len() as u64;
             self.counts.commands += 1;
+            self.listed.count_in(frame.bytes.len() as u64);
             self.resolve_phase(&rt);
             let result = match Request::decode(&frame.bytes) {
                 Ok(req) => {
@@ -315,6 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Err(reason);
             }
             _ = closing(&mut self.stage) => return Err(CloseReason::Shutdown),
+            _ = self.listed.closed() => return Err(CloseReason::ClosedByOperator),
         };
         match result {
             Ok(Some(frame)) => Ok(frame),
@@ -440,6 +452,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Action::SaslStart => self.sasl_start(req, rt).await,
             Action::SaslContinue => self.sasl_continue(req, rt).await,
             Action::Local(local) => self.local(local, rt).await,
+            Action::Admin(command) => self.admin(command, rt).await,
         };
         if req.more_to_come {
             return Ok(());
@@ -456,7 +469,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Result<(), CloseReason> {
         let n = self.client.reply(response_to, kind, doc).await?;
         self.counts.bytes_to_client += n;
+        self.listed.count_out(n);
         Ok(())
+    }
+
+    /// `oidcListKeys` / `oidcRefreshKeys` for an admin grant (decide
+    /// checked it); each goes through the sinks as an operator event.
+    async fn admin(&mut self, command: admin::AdminCommand, rt: &Runtime) -> RawDocumentBuf {
+        let (action, reply, outcome, detail) = match &command {
+            admin::AdminCommand::ListKeys { issuers } => (
+                AdminAction::OidcListKeys,
+                admin::list_keys_reply(&rt.registry, issuers.as_deref()),
+                AdminOutcome::Ok,
+                String::new(),
+            ),
+            admin::AdminCommand::RefreshKeys {
+                issuers,
+                invalidate_on_failure,
+            } => {
+                let result =
+                    admin::refresh_keys(&rt.registry, issuers.as_deref(), *invalidate_on_failure)
+                        .await;
+                let (outcome, detail) = match &result {
+                    Ok(()) => (AdminOutcome::Ok, String::new()),
+                    Err(e) => (AdminOutcome::Failed, e.errmsg.clone()),
+                };
+                (
+                    AdminAction::OidcRefreshKeys,
+                    admin::refresh_reply(&result),
+                    outcome,
+                    detail,
+                )
+            }
+        };
+        let user = self
+            .phase
+            .signed_in()
+            .map_or("", |s| s.identity.user.as_str());
+        let source = format!("wire conn {} user {user}", self.conn.id);
+        let target = command.issuers().map(|list| list.join(","));
+        self.shared.sinks.operator(&OperatorEvent::Admin {
+            action,
+            target: target.as_deref(),
+            outcome,
+            detail: &detail,
+            source: &source,
+        });
+        reply
     }
 
     async fn local(&mut self, local: Local, rt: &Runtime) -> RawDocumentBuf {
@@ -724,11 +783,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // Only the audit trail's command records want the reply's status.
         let inspect = rt.config.audit.as_ref().is_some_and(|a| a.commands);
         let started = Instant::now();
+        let mut by_operator = false;
         let outcome = tokio::select! {
             r = relay::relay(&mut self.client.stream, &mut link.connection, req.bytes, req.more_to_come, inspect, &mut progress) => Some(r),
             _ = closing(&mut self.stage) => None,
+            _ = self.listed.closed() => { by_operator = true; None }
         };
         self.counts.bytes_to_client += progress.to_client;
+        self.listed.count_out(progress.to_client);
         self.emit(&Event::Relayed {
             to_backend: req.bytes.len() as u64,
             to_client: progress.to_client,
@@ -739,6 +801,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             status: progress.status,
             duration: started.elapsed(),
         });
+        if by_operator {
+            // The client sees EOF, as when a mongod connection is killed.
+            return Err(CloseReason::ClosedByOperator);
+        }
         match outcome {
             Some(Ok(())) => Ok(()),
             Some(Err(relay::RelayError::Client)) => Err(CloseReason::ClientIo),
