@@ -55,7 +55,8 @@
 //! - [`server`]: listener, TLS ([`tls`]), connection limit, signals, reload,
 //!   drain; [`fdlimit`]: the file-descriptor limit against `max_connections`.
 //! - [`metrics`]: Prometheus registry, the metrics sink, `/metrics`,
-//!   `/healthz`, `/readyz`.
+//!   `/healthz`, `/readyz`; it reads [`readiness`] (the checks behind
+//!   `/readyz` and the background backend probe) at scrape time.
 //! - [`errors`]: MongoDB error codes and replies.
 //! - [`devcerts`], [`devidp`], [`demo`]: development certificates, a
 //!   development identity provider and the `demo` subcommand (SecantusDB
@@ -73,6 +74,7 @@ pub mod fdlimit;
 #[cfg(test)]
 mod layering;
 pub mod metrics;
+pub mod readiness;
 pub mod runtime;
 pub mod server;
 pub mod session;

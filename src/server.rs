@@ -15,7 +15,8 @@ use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
 use crate::config::{Config, ConfigError};
-use crate::metrics::{self, Metrics, MetricsSink};
+use crate::metrics::{self, Endpoints, Metrics, MetricsSink};
+use crate::readiness::Health;
 use crate::runtime::{Runtime, Shared, Stage};
 use crate::session::events::{LogSink, OperatorEvent, Sinks};
 use crate::session::Session;
@@ -39,9 +40,13 @@ pub struct Running {
     pub local_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    /// What `/readyz` reports.
+    pub health: Arc<Health>,
     shared: Arc<Shared>,
     stage: watch::Sender<Stage>,
     task: tokio::task::JoinHandle<()>,
+    /// The operator endpoints and the backend probe, ended with the proxy.
+    background: Vec<tokio::task::JoinHandle<()>>,
     /// The file reloads re-read; `None` when started from parsed text.
     config_path: Option<PathBuf>,
     reloading: Mutex<()>,
@@ -58,6 +63,7 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.stage.send(Stage::Closing);
         let _ = self.task.await;
+        self.background.iter().for_each(|t| t.abort());
     }
 
     /// mongos's quiesce mode: stop accepting, answer hello with
@@ -69,7 +75,7 @@ impl Running {
             drain_secs = drain.as_secs(),
             "draining: no new connections; hello answers ShutdownInProgress (91)"
         );
-        self.metrics.set_ready(false);
+        // From here /readyz answers 503: the stage is what it reads.
         let _ = self.stage.send(Stage::Draining);
         let mut task = self.task;
         if tokio::time::timeout(drain, &mut task).await.is_err() {
@@ -77,6 +83,7 @@ impl Running {
             let _ = self.stage.send(Stage::Closing);
             let _ = task.await;
         }
+        self.background.iter().for_each(|t| t.abort());
         info!("stopped");
     }
 
@@ -147,62 +154,57 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: listen,
         detail: e.to_string(),
     })?;
-    let metrics_addr = match &runtime.config.metrics {
-        Some(m) => {
-            let (addr, _task) = metrics::serve(m.address, metrics.clone())
-                .await
-                .map_err(|e| StartError::Metrics {
-                    addr: m.address,
-                    detail: e.to_string(),
-                })?;
-            Some(addr)
-        }
-        None => None,
-    };
-    runtime.registry.load_all().await;
-    metrics.stamp_config_loaded();
+    let metrics_config = runtime.config.metrics.clone();
     let (stage, stage_rx) = watch::channel(Stage::Serving);
     let sinks = Sinks::new(vec![
         Arc::new(MetricsSink(metrics.clone())),
         Arc::new(LogSink),
     ]);
     let shared = Arc::new(Shared::new(runtime, sinks, stage_rx));
-    spawn_readiness_probe(shared.clone(), metrics.clone());
-    let task = tokio::spawn(accept_loop(listener, shared.clone(), metrics.clone()));
+    let health = Health::new(&shared);
+    metrics.watch(health.clone());
+    let mut background = Vec::new();
+    // Served before the keys load, so /healthz answers during start-up.
+    let metrics_addr = match metrics_config {
+        Some(m) => {
+            let endpoints = Endpoints {
+                metrics: metrics.clone(),
+                health: health.clone(),
+            };
+            let (addr, task) =
+                metrics::serve(m.address, endpoints)
+                    .await
+                    .map_err(|e| StartError::Metrics {
+                        addr: m.address,
+                        detail: e.to_string(),
+                    })?;
+            background.push(task);
+            Some(addr)
+        }
+        None => None,
+    };
+    shared.runtime.load().registry.load_all().await;
+    metrics.stamp_config_loaded();
+    background.push(health.spawn_probe());
+    let task = tokio::spawn(accept_loop(
+        listener,
+        shared.clone(),
+        metrics.clone(),
+        health.listening(),
+    ));
     info!(address = %local_addr, metrics = ?metrics_addr, "mongo-oidc-proxy listening");
     Ok(Running {
         local_addr,
         metrics_addr,
         metrics,
+        health,
         shared,
         stage,
         task,
+        background,
         config_path: None,
         reloading: Mutex::new(()),
     })
-}
-
-/// Drivers cannot connect until the backend answers a probe; keep trying in
-/// the background so `/readyz` reflects it.
-fn spawn_readiness_probe(shared: Arc<Shared>, metrics: Arc<Metrics>) {
-    tokio::spawn(async move {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let backend = shared.runtime.load().backend.clone();
-            match backend.server_info().await {
-                Ok(_) => {
-                    metrics.set_ready(true);
-                    info!("backend answered; ready");
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, "backend not reachable yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    });
 }
 
 /// Counts open connections against the runtime's `max_connections`.
@@ -229,7 +231,12 @@ impl Drop for Slot {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Metrics>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    listening: crate::readiness::ListeningGuard,
+) {
     let mut sessions = JoinSet::new();
     let mut stage = shared.stage.clone();
     let open = Arc::new(AtomicUsize::new(0));
@@ -264,6 +271,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Me
     }
     // Dropping the listener refuses new connections at once.
     drop(listener);
+    drop(listening);
     // Draining: sessions end as their clients leave, or at the close.
     let all_ended = async { while sessions.join_next().await.is_some() {} };
     tokio::select! {
