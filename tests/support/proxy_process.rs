@@ -19,12 +19,23 @@ impl ProxyProcess {
     /// Starts `mongo-oidc-proxy --config FILE` and waits until it listens
     /// on `port` (which the config must name).
     pub async fn start(config: &Path, port: u16) -> ProxyProcess {
+        ProxyProcess::start_with(config, port, &["--log-format", "json"], &[]).await
+    }
+
+    /// Like [`ProxyProcess::start`] with other arguments after `--config
+    /// FILE` and extra environment variables (e.g. `HTTPS_PROXY`).
+    pub async fn start_with(
+        config: &Path,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ProxyProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mongo-oidc-proxy"))
             .arg("--config")
             .arg(config)
-            .arg("--log-format")
-            .arg("json")
+            .args(args)
             .env_remove("MONGO_OIDC_PROXY_CONFIG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
