@@ -722,7 +722,7 @@ pub async fn get_capped(
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(causes(&e)))?;
     if !resp.status().is_success() {
         return Err(fail(format!("HTTP status {}", resp.status())));
     }
@@ -731,13 +731,29 @@ pub async fn get_capped(
         return Err(too_large());
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| fail(causes(&e)))? {
         if body.len() + chunk.len() > max {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// An error with its causes: reqwest's own text ("error sending request")
+/// leaves out what the operator needs (refused, certificate, proxy).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Keys, signed tokens and a local IdP for the auth tests.
