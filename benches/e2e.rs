@@ -20,9 +20,11 @@ use std::time::{Duration, Instant};
 use bson::{rawdoc, RawDocumentBuf};
 use mongo_oidc_proxy::backend::{BackendConnection, BackendStream, SaltedPasswordCache};
 use mongo_oidc_proxy::config::Config;
-use mongo_oidc_proxy::demo::secantus::{self, BackendUser, RunningSecantus, SecantusOptions};
-use mongo_oidc_proxy::devidp::{DevIdp, DevIdpOptions};
 use mongo_oidc_proxy::server::{self, Running};
+use mongo_oidc_proxy_devkit::demo::secantus::{
+    self, BackendUser, RunningSecantus, SecantusOptions,
+};
+use mongo_oidc_proxy_devkit::devidp::{DevIdp, DevIdpOptions};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -808,7 +810,8 @@ fn run(settings: Settings) -> Res<()> {
     let started = Instant::now();
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let certs = dir.path().join("certs");
-    mongo_oidc_proxy::devcerts::generate(&certs, &[]).map_err(|e| format!("dev certs: {e}"))?;
+    mongo_oidc_proxy_devkit::devcerts::generate(&certs, &[])
+        .map_err(|e| format!("dev certs: {e}"))?;
     let pwf = dir.path().join("rw.password");
     std::fs::write(&pwf, PASSWORD).map_err(|e| e.to_string())?;
     let tls = client_tls(&certs.join("ca.pem"))?;

@@ -16,8 +16,8 @@ export MOP_TOOLS="$PWD/.tools"
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "benchmarks, each run once as a smoke test"
 cargo test --bench jwt --bench wire --bench e2e
@@ -26,5 +26,5 @@ step "cargo test (unit, integration and client end-to-end tests)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 # Client end-to-end tests start real servers; two at a time suits 2-core CI.
-cargo test --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log"
+cargo test --workspace --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"

@@ -16,7 +16,8 @@
 //!    unit-tested without sockets.
 //! 3. **act** — the session carries the action out and emits
 //!    [`session::events::Event`]s; the sinks ([`metrics::MetricsSink`],
-//!    [`session::events::LogSink`]) turn them into counters and log lines.
+//!    [`session::events::LogSink`], [`audit::Audit`]) turn them into
+//!    counters, log lines and audit records.
 //!
 //! A connection's phase ([`session::phase::Phase`]) is `Anonymous`,
 //! `Authenticating` (human flow between step 1 and step 2) or `SignedIn`.
@@ -50,25 +51,29 @@
 //! - [`authz`]: user and role names, grants that pick the backend identity.
 //! - [`backend`]: URI parsing, connections, SCRAM-SHA-256, primary discovery,
 //!   and forwarding replies as they arrive.
-//! - [`runtime`]: the runtime builder and the state sessions share.
+//! - [`runtime`]: the runtime builder and the state sessions share;
+//!   [`admission`]: what each client address may hold and has failed.
 //! - [`session`]: one client connection, as above.
 //! - [`server`]: listener, TLS ([`tls`]), connection limit, signals, reload,
 //!   drain; [`fdlimit`]: the file-descriptor limit against `max_connections`.
 //! - [`metrics`]: Prometheus registry, the metrics sink, `/metrics`,
 //!   `/healthz`, `/readyz`; it reads [`readiness`] (the checks behind
 //!   `/readyz` and the background backend probe) at scrape time.
+//! - [`audit`]: the audit trail, a sink writing one JSON record per line
+//!   through a bounded queue ([`audit::record`] builds the records).
 //! - [`errors`]: MongoDB error codes and replies.
-//! - [`devcerts`], [`devidp`], [`demo`]: development certificates, a
-//!   development identity provider and the `demo` subcommand (SecantusDB
-//!   launcher in [`demo::secantus`]), used by the demo and the tests.
+//!
+//! The development identity provider, development certificates, the
+//! SecantusDB launcher and the demo live in the `mongo-oidc-proxy-devkit`
+//! workspace member (`devkit/`), used by the tests and the demo binary and
+//! never linked into the production binary.
 
+pub mod admission;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod backend;
 pub mod config;
-pub mod demo;
-pub mod devcerts;
-pub mod devidp;
 pub mod errors;
 pub mod fdlimit;
 #[cfg(test)]

@@ -40,19 +40,6 @@ enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
     },
-    /// Write a development CA, server and client certificates into a folder.
-    DevCerts {
-        /// Folder to write ca.pem, server.pem, server.key, client.pem, client.key into.
-        #[arg(long, value_name = "DIR", default_value = "certs")]
-        out: PathBuf,
-        /// Extra host names or addresses for the server certificate (localhost, 127.0.0.1 and ::1 are always included).
-        #[arg(long = "host", value_name = "NAME")]
-        hosts: Vec<String>,
-    },
-    /// Run a self-contained demo: dev certificates, a built-in development
-    /// identity provider, a SecantusDB backend (unless --backend-uri is given)
-    /// and the proxy, all on loopback.
-    Demo(mongo_oidc_proxy::demo::DemoArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -87,21 +74,9 @@ fn main() -> ExitCode {
     });
     match cli.command {
         Some(Command::Check { config }) => check(&config),
-        Some(Command::DevCerts { out, hosts }) => dev_certs(&out, &hosts),
-        Some(Command::Demo(args)) => {
-            init_logging(
-                format_override.unwrap_or_default(),
-                cli.log_level.as_deref(),
-            );
-            block_on(async move {
-                mongo_oidc_proxy::demo::run(args)
-                    .await
-                    .map_err(Failure::Other)
-            })
-        }
         None => {
             let Some(path) = cli.config else {
-                eprintln!("error: --config FILE is required to run the proxy (or try `mongo-oidc-proxy demo`, or --help)");
+                eprintln!("error: --config FILE is required to run the proxy (see --help; `bash scripts/demo.sh` runs a self-contained demo)");
                 return ExitCode::from(2);
             };
             let config = match Config::load(&path) {
@@ -192,22 +167,4 @@ fn checked(path: &std::path::Path) -> Result<Config, String> {
     let runtime =
         mongo_oidc_proxy::runtime::Runtime::build(config, None).map_err(|e| e.to_string())?;
     Ok(runtime.config)
-}
-
-fn dev_certs(out: &std::path::Path, hosts: &[String]) -> ExitCode {
-    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    match mongo_oidc_proxy::devcerts::generate(out, &hosts) {
-        Ok(paths) => {
-            println!(
-                "wrote development certificates to {} (CA: {})",
-                out.display(),
-                paths.ca_cert.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -53,6 +53,7 @@ impl Runtime {
             _ => Arc::new(Backend::new(&config.backend)?),
         };
         crate::fdlimit::ensure_capacity(config.limits.max_connections)?;
+        crate::audit::check(config.audit.as_ref())?;
         Ok(Runtime {
             version: VERSIONS.fetch_add(1, Ordering::Relaxed),
             limits: config.limits.clone(),
@@ -121,6 +122,9 @@ impl Runtime {
         if old.shutdown != cfg.shutdown {
             parts.push("shutdown changed".into());
         }
+        if old.audit != cfg.audit {
+            parts.push("audit changed".into());
+        }
         parts.join("; ")
     }
 }
@@ -142,6 +146,8 @@ pub struct Shared {
     pub stage: watch::Receiver<Stage>,
     /// Returned as `serviceId` to load-balanced clients.
     pub service_id: bson::oid::ObjectId,
+    /// What each client address holds and has failed.
+    pub admission: crate::admission::Table,
     next_connection_id: AtomicI32,
 }
 
@@ -152,6 +158,7 @@ impl Shared {
             sinks,
             stage,
             service_id: bson::oid::ObjectId::new(),
+            admission: crate::admission::Table::default(),
             next_connection_id: AtomicI32::new(1),
         }
     }

@@ -1,7 +1,8 @@
 //! The process: builds the [`Runtime`] from the config, listens, accepts TCP
 //! within the connection limit, completes TLS within a deadline, runs one
 //! [`Session`] per client, and handles the signals: SIGHUP reloads, SIGTERM
-//! and SIGINT drain, SIGUSR1, SIGUSR2 and SIGALRM are logged and ignored.
+//! and SIGINT drain, SIGUSR1 reopens the audit file, SIGUSR2 and SIGALRM
+//! are logged and ignored.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,13 +13,15 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
+use crate::admission::Refusal;
+use crate::audit::Audit;
 use crate::config::{Config, ConfigError};
 use crate::metrics::{self, Endpoints, Metrics, MetricsSink};
 use crate::readiness::Health;
 use crate::runtime::{Runtime, Shared, Stage};
-use crate::session::events::{LogSink, OperatorEvent, Sinks};
+use crate::session::events::{LogSink, OperatorEvent, RateLimit, Sinks};
 use crate::session::Session;
 
 /// After the drain period, how long interrupted sessions get to say so.
@@ -42,6 +45,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// What `/readyz` reports.
     pub health: Arc<Health>,
+    /// The audit sink: reloads reconfigure it, SIGUSR1 reopens its file.
+    pub audit: Arc<Audit>,
     shared: Arc<Shared>,
     stage: watch::Sender<Stage>,
     task: tokio::task::JoinHandle<()>,
@@ -63,6 +68,7 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.stage.send(Stage::Closing);
         let _ = self.task.await;
+        self.audit.flush().await;
         self.background.iter().for_each(|t| t.abort());
     }
 
@@ -83,6 +89,8 @@ impl Running {
             let _ = self.stage.send(Stage::Closing);
             let _ = task.await;
         }
+        // The sessions' last records are queued; the process exits next.
+        self.audit.flush().await;
         self.background.iter().for_each(|t| t.abort());
         info!("stopped");
     }
@@ -126,9 +134,16 @@ impl Running {
         let next = Runtime::build(config, Some(&current))?;
         // New identity providers' keys load before any session can use them.
         next.registry.load_all().await;
+        self.audit.reconfigure(next.config.audit.as_ref()).await?;
         let changes = current.changes(&next);
         self.shared.runtime.store(Arc::new(next));
         Ok(Reloaded { changes })
+    }
+
+    /// SIGUSR1 (logrotate's `postrotate`): the audit file is opened again at
+    /// its path; records queued before go to the file that was open.
+    pub async fn reopen_audit(&self) {
+        self.audit.reopen().await;
     }
 }
 
@@ -155,10 +170,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         detail: e.to_string(),
     })?;
     let metrics_config = runtime.config.metrics.clone();
+    let audit = Audit::start(runtime.config.audit.as_ref(), &metrics.registry)?;
     let (stage, stage_rx) = watch::channel(Stage::Serving);
     let sinks = Sinks::new(vec![
         Arc::new(MetricsSink(metrics.clone())),
-        Arc::new(LogSink),
+        Arc::new(LogSink::default()),
+        audit.clone(),
     ]);
     let shared = Arc::new(Shared::new(runtime, sinks, stage_rx));
     let health = Health::new(&shared);
@@ -198,6 +215,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics_addr,
         metrics,
         health,
+        audit,
         shared,
         stage,
         task,
@@ -240,6 +258,7 @@ async fn accept_loop(
     let mut sessions = JoinSet::new();
     let mut stage = shared.stage.clone();
     let open = Arc::new(AtomicUsize::new(0));
+    let accept_failures = RateLimit::default();
     loop {
         tokio::select! {
             _ = reached(&mut stage, |s| *s != Stage::Serving) => break,
@@ -248,8 +267,12 @@ async fn accept_loop(
                 let (tcp, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
+                        // Usually EMFILE: back off instead of spinning, and
+                        // log a few lines a second, not one per attempt.
+                        metrics.connections_rejected.with_label_values(&["accept_failed"]).inc();
+                        if let Some(suppressed) = accept_failures.admit(unix_secs()) {
+                            warn!(error = %e, suppressed_before = suppressed, "accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -258,12 +281,22 @@ async fn accept_loop(
                 let rt = shared.runtime.load_full();
                 let Some(slot) = Slot::take(&open, rt.limits.max_connections) else {
                     metrics.connections_rejected.with_label_values(&["connection_limit"]).inc();
-                    warn!(%peer, "connection limit reached; refusing connection");
+                    debug!(%peer, "connection limit reached; refusing connection");
                     continue;
                 };
+                if let Err(refusal) = shared.admission.admit(peer.ip(), rt.limits.max_connections_per_ip) {
+                    let reason = match refusal {
+                        Refusal::ConnectionsPerIp => "connections_per_ip",
+                        Refusal::TooManyAddresses => "too_many_addresses",
+                    };
+                    metrics.connections_rejected.with_label_values(&[reason]).inc();
+                    debug!(%peer, reason, "refusing connection");
+                    continue;
+                }
                 let (shared, metrics) = (shared.clone(), metrics.clone());
                 sessions.spawn(async move {
-                    serve_connection(tcp, peer, rt, shared, metrics).await;
+                    serve_connection(tcp, peer, rt, shared.clone(), metrics).await;
+                    shared.admission.release(peer.ip());
                     drop(slot);
                 });
             }
@@ -286,6 +319,12 @@ async fn accept_loop(
         );
         sessions.abort_all();
     }
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Resolves once the stage satisfies `want` (or nobody can change it).
@@ -369,7 +408,10 @@ impl Signals {
                     info!(signal = "SIGHUP", "reloading the configuration");
                     let _ = running.reload().await;
                 }
-                _ = usr1.recv() => info!(signal = "SIGUSR1", "signal received; nothing to reopen, ignored"),
+                _ = usr1.recv() => {
+                    info!(signal = "SIGUSR1", "reopening the audit file");
+                    running.reopen_audit().await;
+                }
                 _ = usr2.recv() => info!(signal = "SIGUSR2", "signal received and ignored"),
                 _ = alrm.recv() => info!(signal = "SIGALRM", "signal received and ignored"),
             }

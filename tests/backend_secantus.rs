@@ -26,7 +26,7 @@ fn secantusd() -> PathBuf {
     let tools = std::env::var_os("MOP_TOOLS")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools"));
-    mongo_oidc_proxy::demo::secantus::find_secantusd(Some(&tools)).unwrap_or_else(|| {
+    mongo_oidc_proxy_devkit::demo::secantus::find_secantusd(Some(&tools)).unwrap_or_else(|| {
         panic!("secantusd-py not found ($MOP_SECANTUSD, {}/venv/bin, PATH): run scripts/setup-tools.sh first", tools.display())
     })
 }

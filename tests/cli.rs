@@ -1,4 +1,4 @@
-//! The command line as an operator uses it: `--help`, `check`, `dev-certs`,
+//! The command line as an operator uses it: `--help`, `check`,
 //! and start-up refusals, each with its exit code and message.
 
 use std::path::Path;
@@ -49,18 +49,27 @@ fn help_documents_every_command_and_flag() {
     let out = proxy(&["--help"], &[]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for needle in [
-        "--config",
-        "--log-format",
-        "--log-level",
-        "check",
-        "dev-certs",
-        "demo",
-    ] {
+    for needle in ["--config", "--log-format", "--log-level", "check"] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
-    let out = proxy(&["demo", "--help"], &[]);
-    assert!(text(&out.stdout).contains("--backend-uri"));
+}
+
+#[test]
+fn the_production_binary_carries_no_development_tools() {
+    // The demo and development certificates are the devkit's binary.
+    for sub in ["demo", "dev-certs"] {
+        let out = proxy(&[sub, "--help"], &[]);
+        assert!(!out.status.success(), "`{sub}` must not be a subcommand");
+    }
+    // Nor can it issue tokens: none of the development IdP is linked in.
+    let binary = std::fs::read(env!("CARGO_BIN_EXE_mongo-oidc-proxy")).unwrap();
+    for needle in [&b"/demo/token"[..], b"mongo_oidc_proxy_devkit", b"devidp"] {
+        assert!(
+            !binary.windows(needle.len()).any(|w| w == needle),
+            "the production binary contains {:?}",
+            String::from_utf8_lossy(needle)
+        );
+    }
 }
 
 #[test]
@@ -78,7 +87,7 @@ fn check_accepts_a_good_config_and_names_the_bad_field() {
         "{}",
         text(&out.stderr)
     );
-    mongo_oidc_proxy::devcerts::generate(&dir.path().join("certs"), &[]).unwrap();
+    mongo_oidc_proxy_devkit::devcerts::generate(&dir.path().join("certs"), &[]).unwrap();
     let out = proxy(
         &["check", "--config", &good],
         &[("MOP_CLI_TEST_PASSWORD", "pw")],
@@ -147,11 +156,10 @@ fn running_needs_a_config_and_refuses_unreadable_certificates() {
 }
 
 #[test]
-fn dev_certs_writes_a_usable_ca_and_server_identity() {
+fn check_loads_development_certificates_as_the_listeners_identity() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("certs");
-    let out = proxy(&["dev-certs", "--out", &out_dir.display().to_string()], &[]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    mongo_oidc_proxy_devkit::devcerts::generate(&out_dir, &[]).unwrap();
     for f in [
         "ca.pem",
         "server.pem",
@@ -246,7 +254,7 @@ fn run_bounded(
 #[test]
 fn check_and_start_up_refuse_the_same_configs() {
     let dir = tempfile::tempdir().unwrap();
-    mongo_oidc_proxy::devcerts::generate(&dir.path().join("certs"), &[]).unwrap();
+    mongo_oidc_proxy_devkit::devcerts::generate(&dir.path().join("certs"), &[]).unwrap();
     let cert = dir.path().join("certs/server.pem").display().to_string();
     let uri = |uri: &str| TABLE_CONFIG.replace("mongodb://127.0.0.1:1/", uri);
     let backend_uri = "backend.uri";
@@ -363,7 +371,7 @@ fn check_and_start_up_refuse_the_same_configs() {
 #[test]
 fn check_accepts_localhost_as_the_listen_address() {
     let dir = tempfile::tempdir().unwrap();
-    mongo_oidc_proxy::devcerts::generate(&dir.path().join("certs"), &[]).unwrap();
+    mongo_oidc_proxy_devkit::devcerts::generate(&dir.path().join("certs"), &[]).unwrap();
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, TABLE_CONFIG.replace("127.0.0.1:0", "localhost:0")).unwrap();
     let file = path.display().to_string();

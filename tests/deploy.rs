@@ -755,7 +755,8 @@ fn kubernetes_deployment_serves_the_configmap_config_with_secrets_and_probes() {
     // The proxy's own check accepts this config once the files exist: the
     // mount paths are moved into a temporary folder holding dev certificates.
     let dir = tempfile::tempdir().unwrap();
-    let certs = mongo_oidc_proxy::devcerts::generate(&dir.path().join("certs"), &[]).unwrap();
+    let certs =
+        mongo_oidc_proxy_devkit::devcerts::generate(&dir.path().join("certs"), &[]).unwrap();
     let mut local = config_text
         .replace(
             config.listen.tls_cert.to_str().unwrap(),

@@ -4,7 +4,7 @@
 
 mod support;
 
-use mongo_oidc_proxy::demo::secantus::BackendUser;
+use mongo_oidc_proxy_devkit::demo::secantus::BackendUser;
 use serde_json::json;
 use support::*;
 
@@ -117,7 +117,7 @@ async fn mock_idp_serves_discovery_jwks_and_tokens() {
 
 #[tokio::test]
 async fn secantus_launcher_reports_clear_errors() {
-    use mongo_oidc_proxy::demo::secantus::{start, SecantusError, SecantusOptions};
+    use mongo_oidc_proxy_devkit::demo::secantus::{start, SecantusError, SecantusOptions};
     let missing = start(SecantusOptions {
         secantusd: "/nonexistent/secantusd-py".into(),
         users: vec![],
@@ -152,7 +152,7 @@ async fn secantus_launcher_reports_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secantus_data_dir_survives_restarts_and_users_are_updated() {
-    use mongo_oidc_proxy::demo::secantus::{start, SecantusOptions};
+    use mongo_oidc_proxy_devkit::demo::secantus::{start, SecantusOptions};
     let dir = tempfile::tempdir().expect("tempdir");
     let script = clients_dir().join("pymongo_client.py");
     let opts = |pw: &str| SecantusOptions {

@@ -13,7 +13,7 @@ mod support;
 use std::sync::Arc;
 
 use bson::rawdoc;
-use mongo_oidc_proxy::devidp::{DevAlg, DevIdpOptions};
+use mongo_oidc_proxy_devkit::devidp::{DevAlg, DevIdpOptions};
 use serde_json::json;
 use support::proxy_env::{self, ProxyEnv, AUDIENCE};
 use support::wire_client::{error_of, is_ok, WireClient};

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use mongo_oidc_proxy::config::{Config, ListenConfig};
-use mongo_oidc_proxy::devidp::{DevAlg, DevIdp};
 use mongo_oidc_proxy::server::{self, Running};
+use mongo_oidc_proxy_devkit::devidp::{DevAlg, DevIdp};
 use serde_json::{json, Value};
 use support::proxy_env;
 use support::proxy_process::ProxyProcess;
@@ -94,7 +94,7 @@ struct HttpsIdp {
 
 async fn https_idp(dev: &DevIdp) -> HttpsIdp {
     let certs = tempfile::tempdir().unwrap();
-    let paths = mongo_oidc_proxy::devcerts::generate(certs.path(), &[]).unwrap();
+    let paths = mongo_oidc_proxy_devkit::devcerts::generate(certs.path(), &[]).unwrap();
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = tcp.local_addr().unwrap().port();
     let issuer = format!("https://localhost:{port}");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bson::rawdoc;
-use mongo_oidc_proxy::devidp::{DevIdp, DevIdpOptions};
+use mongo_oidc_proxy_devkit::devidp::{DevIdp, DevIdpOptions};
 use support::proxy_env::{self, dev_idp_options, shared_files};
 use support::proxy_process::ProxyProcess;
 use support::wire_client::{error_of, is_ok, WireClient};
@@ -154,7 +154,7 @@ async fn a_reloaded_grant_applies_to_new_sign_ins_and_open_sessions_continue() {
 }
 
 fn write_certs(dir: &Path) -> PathBuf {
-    mongo_oidc_proxy::devcerts::generate(dir, &[]).expect("development certificates");
+    mongo_oidc_proxy_devkit::devcerts::generate(dir, &[]).expect("development certificates");
     dir.join("ca.pem")
 }
 

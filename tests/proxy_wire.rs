@@ -8,8 +8,8 @@ mod support;
 use std::time::Duration;
 
 use bson::{rawdoc, RawDocumentBuf};
-use mongo_oidc_proxy::devidp::{DevAlg, DevIdp};
 use mongo_oidc_proxy::wire::{self, OpCode};
+use mongo_oidc_proxy_devkit::devidp::{DevAlg, DevIdp};
 use serde_json::json;
 use support::proxy_env::{ProxyEnv, AUDIENCE};
 use support::wire_client::{error_of, is_ok, sasl_continue, sasl_start, WireClient};
@@ -355,10 +355,15 @@ async fn every_bad_token_is_answered_with_a_bare_18() {
     ];
     assert_eq!(reasons.len(), cases.len());
     let attempts = &env.running().metrics.auth_attempts;
-    for ((what, token), (named, reason)) in cases.into_iter().zip(reasons) {
+    for (i, ((what, token), (named, reason))) in cases.into_iter().zip(reasons).enumerate() {
         assert_eq!(what, named);
         let before = attempts.with_label_values(&["failure", reason]).get();
-        let mut c = env.client().await;
+        // Each from its own loopback address: failures from one address
+        // are answered ever more slowly.
+        let from = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, i as u8 + 1));
+        let mut c = WireClient::connect_from(from, env.addr(), &env.ca())
+            .await
+            .expect("connect from a loopback address");
         let r = c.sign_in(&token).await;
         assert_eq!(err(&r), (AUTH_FAILED.0, AUTH_FAILED.1.into()), "{what}");
         assert_eq!(
@@ -786,7 +791,7 @@ async fn silence_before_sign_in_closes_the_connection_but_not_during_a_human_flo
 
 #[tokio::test]
 async fn when_the_backend_closes_the_client_connection_closes_too() {
-    use mongo_oidc_proxy::demo::secantus::BackendUser;
+    use mongo_oidc_proxy_devkit::demo::secantus::BackendUser;
     use support::proxy_env::{READER, WRITER};
     let backend = support::start_secantus(vec![
         BackendUser::new(WRITER.0, WRITER.1, &[("readWrite", "app")]),

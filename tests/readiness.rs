@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use mongo_oidc_proxy::demo::secantus::{self, BackendUser, SecantusOptions};
+use mongo_oidc_proxy_devkit::demo::secantus::{self, BackendUser, SecantusOptions};
 use support::proxy_env::{self, ProxyEnv, READER, WRITER};
 use support::proxy_process::ProxyProcess;
 

@@ -73,6 +73,16 @@ pub struct IdpRegistry {
     verified: DashMap<[u8; 32], CachedToken>,
     token_cache_stats: Arc<TokenCacheStats>,
     max_token_size: usize,
+    /// Signature checks running at once: a flood of forged tokens occupies
+    /// at most these runtime threads, so relays keep being served.
+    verifying: tokio::sync::Semaphore,
+}
+
+/// All but one of the runtime's threads may verify signatures at once.
+fn verification_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1)
 }
 
 fn field(i: usize, name: &str) -> String {
@@ -170,6 +180,7 @@ impl IdpRegistry {
                 .map(|p| p.token_cache_stats.clone())
                 .unwrap_or_default(),
             max_token_size: jwt::DEFAULT_MAX_TOKEN_SIZE,
+            verifying: tokio::sync::Semaphore::new(verification_slots()),
         })
     }
 
@@ -361,7 +372,11 @@ impl IdpRegistry {
         // Cheap refusals first, so an expired token never triggers a JWKS fetch.
         jwt::check_times(claims.exp, claims.nbf, now)?;
         let key = provider.jwks.key_for(&header.kid).await?;
-        jwt::verify_signature(&jws, header.alg, &key)?;
+        {
+            // The semaphore is never closed, so acquiring cannot fail.
+            let _slot = self.verifying.acquire().await.ok();
+            jwt::verify_signature(&jws, header.alg, &key)?;
+        }
         let identity = jwt::check_claims(
             &claims,
             &ClaimRules::from_config(&provider.config),
@@ -852,7 +867,7 @@ mod tests {
     #[test]
     fn tls_ca_file_is_read_when_the_registry_is_built() {
         let dir = tempfile::tempdir().unwrap();
-        let certs = crate::devcerts::generate(dir.path(), &[]).unwrap();
+        let certs = mongo_oidc_proxy_devkit::devcerts::generate(dir.path(), &[]).unwrap();
         let with_ca = |path: &std::path::Path| {
             let mut c = idp("https://idp.example.com", None, true);
             c.tls_ca_file = Some(path.to_path_buf());
@@ -882,7 +897,7 @@ mod tests {
         let slower = IdpRegistry::rebuild(std::slice::from_ref(&c), Some(&first)).unwrap();
         assert!(!Arc::ptr_eq(&first.caches[0], &slower.caches[0]));
         let dir = tempfile::tempdir().unwrap();
-        let certs = crate::devcerts::generate(dir.path(), &[]).unwrap();
+        let certs = mongo_oidc_proxy_devkit::devcerts::generate(dir.path(), &[]).unwrap();
         c.tls_ca_file = Some(certs.ca_cert.clone());
         let with_ca = IdpRegistry::rebuild(std::slice::from_ref(&c), Some(&slower)).unwrap();
         assert!(!Arc::ptr_eq(&slower.caches[0], &with_ca.caches[0]));

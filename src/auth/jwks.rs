@@ -1422,7 +1422,7 @@ mod tests {
     #[test]
     fn ca_bundles_must_hold_a_certificate() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = crate::devcerts::generate(dir.path(), &[]).unwrap();
+        let paths = mongo_oidc_proxy_devkit::devcerts::generate(dir.path(), &[]).unwrap();
         let bundle = CaBundle::read(&paths.ca_cert).unwrap();
         assert_eq!(bundle.certs.len(), 1);
         assert!(http_client_trusting(&bundle.certs).is_ok());

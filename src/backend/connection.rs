@@ -95,6 +95,9 @@ pub struct ForwardedReply {
     pub bytes: usize,
     /// An exhaust stream: another reply to the same request follows.
     pub more_to_come: bool,
+    /// `ok` and the error code, when asked for and the reply's first section
+    /// was already buffered whole ([`wire::op_msg::reply_status`]).
+    pub status: Option<wire::op_msg::ReplyStatus>,
 }
 
 /// Why forwarding a reply stopped: which side failed.
@@ -235,6 +238,18 @@ impl BackendConnection {
         client: &mut W,
         writing: &mut bool,
     ) -> Result<ForwardedReply, ForwardError> {
+        self.forward_reply_inspecting(client, writing, false).await
+    }
+
+    /// [`BackendConnection::forward_reply`], also reading the reply's status
+    /// when `inspect` is set — from the bytes already buffered only, so the
+    /// relay never waits for or holds more of a reply than it would anyway.
+    pub async fn forward_reply_inspecting<W: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut W,
+        writing: &mut bool,
+        inspect: bool,
+    ) -> Result<ForwardedReply, ForwardError> {
         let header = loop {
             if let Some(head) = self.read_buf.get(..wire::HEADER_LEN) {
                 let header =
@@ -263,6 +278,14 @@ impl BackendConnection {
                     u32::from_le_bytes([f[0], f[1], f[2], f[3]]) & wire::OpMsgFlags::MORE_TO_COME
                         != 0
                 });
+        let status = if inspect && header.op_code == OpCode::Msg {
+            let buffered = self.read_buf.len().min(len);
+            self.read_buf
+                .get(..buffered)
+                .and_then(wire::op_msg::reply_status)
+        } else {
+            None
+        };
         let mut remaining = len;
         *writing = true;
         loop {
@@ -286,6 +309,7 @@ impl BackendConnection {
         Ok(ForwardedReply {
             bytes: len,
             more_to_come,
+            status,
         })
     }
 
@@ -695,7 +719,8 @@ mod tests {
             r,
             ForwardedReply {
                 bytes: first.len(),
-                more_to_come: true
+                more_to_come: true,
+                status: None,
             }
         );
         let r = conn.forward_reply(&mut out, &mut false).await.unwrap();
@@ -703,10 +728,31 @@ mod tests {
             r,
             ForwardedReply {
                 bytes: last.len(),
-                more_to_come: false
+                more_to_come: false,
+                status: None,
             }
         );
         assert_eq!(out, [first, last].concat());
+    }
+
+    #[tokio::test]
+    async fn reads_the_status_of_a_buffered_reply_only_when_asked() {
+        let failed = op_msg::encode(1, 9, 0, &rawdoc! { "ok": 0.0, "code": 13, "errmsg": "no" });
+        let addr = serve_raw([failed.clone(), failed.clone()].concat()).await;
+        let mut conn = connect_to(addr).await;
+        let mut out = Vec::new();
+        let r = conn
+            .forward_reply_inspecting(&mut out, &mut false, true)
+            .await
+            .unwrap();
+        let want = wire::op_msg::ReplyStatus {
+            ok: false,
+            code: Some(13),
+        };
+        assert_eq!(r.status, Some(want));
+        let r = conn.forward_reply(&mut out, &mut false).await.unwrap();
+        assert_eq!(r.status, None);
+        assert_eq!(out, [failed.clone(), failed].concat());
     }
 
     #[tokio::test]

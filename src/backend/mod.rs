@@ -802,7 +802,7 @@ mod tests {
     impl Pems {
         fn new() -> Pems {
             let dir = tempfile::tempdir().unwrap();
-            let made = crate::devcerts::generate(dir.path(), &[]).unwrap();
+            let made = mongo_oidc_proxy_devkit::devcerts::generate(dir.path(), &[]).unwrap();
             let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
             let write =
                 |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();

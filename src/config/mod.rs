@@ -45,6 +45,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,9 +155,26 @@ pub struct LimitsConfig {
     pub max_message_size: usize,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Seconds a client may take to finish TLS and sign in.
+    /// Seconds a client may take to finish TLS, and stay silent before it
+    /// has signed in.
     #[serde(default = "default_auth_timeout_secs")]
     pub auth_timeout_secs: u64,
+    /// Total seconds from accept to sign-in, however chatty the client is.
+    #[serde(default = "default_sign_in_deadline_secs")]
+    pub sign_in_deadline_secs: u64,
+    /// Largest message before sign-in: hello and SASL need kilobytes.
+    #[serde(default = "default_max_message_size_before_sign_in")]
+    pub max_message_size_before_sign_in: usize,
+    /// Open connections per client address.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Human-flow sign-ins per client address that may wait the five
+    /// minutes a person needs between step 1 and step 2.
+    #[serde(default = "default_max_pending_human_flows_per_ip")]
+    pub max_pending_human_flows_per_ip: usize,
+    /// Failed sign-ins after which a connection is closed.
+    #[serde(default = "default_max_sign_in_failures_per_connection")]
+    pub max_sign_in_failures_per_connection: u32,
 }
 
 impl Default for LimitsConfig {
@@ -164,8 +183,30 @@ impl Default for LimitsConfig {
             max_message_size: default_max_message_size(),
             max_connections: default_max_connections(),
             auth_timeout_secs: default_auth_timeout_secs(),
+            sign_in_deadline_secs: default_sign_in_deadline_secs(),
+            max_message_size_before_sign_in: default_max_message_size_before_sign_in(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            max_pending_human_flows_per_ip: default_max_pending_human_flows_per_ip(),
+            max_sign_in_failures_per_connection: default_max_sign_in_failures_per_connection(),
         }
     }
+}
+
+fn default_sign_in_deadline_secs() -> u64 {
+    60
+}
+/// A 64 KiB token (the largest accepted) in a saslStart or hello, and room.
+fn default_max_message_size_before_sign_in() -> usize {
+    128 * 1024
+}
+fn default_max_connections_per_ip() -> usize {
+    1000
+}
+fn default_max_pending_human_flows_per_ip() -> usize {
+    16
+}
+fn default_max_sign_in_failures_per_connection() -> u32 {
+    5
 }
 
 /// `[shutdown]`: the drain on SIGTERM, as mongos's quiesce mode.
@@ -187,6 +228,24 @@ impl Default for ShutdownConfig {
 
 fn default_drain_secs() -> u64 {
     15
+}
+
+/// `[audit]`: the audit trail, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The file records are appended to, or `-` for standard output.
+    pub path: PathBuf,
+    /// One more record per relayed command.
+    #[serde(default)]
+    pub commands: bool,
+}
+
+impl AuditConfig {
+    /// `path = "-"`: records go to standard output, for a log collector.
+    pub fn is_stdout(&self) -> bool {
+        self.path.as_os_str() == "-"
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -379,6 +438,9 @@ impl Config {
                 fix(f);
             }
         }
+        if let Some(audit) = self.audit.as_mut().filter(|a| !a.is_stdout()) {
+            fix(&mut audit.path);
+        }
     }
 }
 
@@ -459,6 +521,13 @@ backend_password_env = "DBA_PASSWORD"
             (Box::new(|s| format!("{s}\n[limits]\nmax_message_size = 10\n")), "limits.max_message_size: must be between 1048576 and 48000000 bytes"),
             (Box::new(|s| format!("{s}\n[limits]\nmax_connections = 0\n")), "limits.max_connections: must be at least 1"),
             (Box::new(|s| format!("{s}\n[limits]\nauth_timeout_secs = 0\n")), "limits.auth_timeout_secs: must be at least 1"),
+            (Box::new(|s| format!("{s}\n[limits]\nmax_message_size_before_sign_in = 1000\n")), "limits.max_message_size_before_sign_in: must be between 16384 bytes and limits.max_message_size (48000000)"),
+            (Box::new(|s| format!("{s}\n[limits]\nmax_message_size = 2000000\nmax_message_size_before_sign_in = 3000000\n")), "limits.max_message_size_before_sign_in: must be between 16384 bytes and limits.max_message_size (2000000)"),
+            (Box::new(|s| format!("{s}\n[limits]\nsign_in_deadline_secs = 0\n")), "limits.sign_in_deadline_secs: must be between 1 and 3600"),
+            (Box::new(|s| format!("{s}\n[limits]\nmax_connections_per_ip = 0\n")), "limits.max_connections_per_ip: must be at least 1"),
+            (Box::new(|s| format!("{s}\n[limits]\nmax_pending_human_flows_per_ip = 0\n")), "limits.max_pending_human_flows_per_ip: must be at least 1"),
+            (Box::new(|s| format!("{s}\n[limits]\nmax_sign_in_failures_per_connection = 0\n")), "limits.max_sign_in_failures_per_connection: must be at least 1"),
+            (Box::new(|s| format!("{s}\n[shutdown]\ndrain_secs = 3601\n")), "shutdown.drain_secs: must be at most 3600 (one hour)"),
             (Box::new(|s| s.replace("tls_key = \"certs/server.key\"", "tls_key = \"certs/server.key\"\nclient_cert_mode = \"required\"")), "listen.client_cert_mode: needs listen.client_ca, the CA that signs client certificates"),
             (Box::new(|s| s[..s.find("[[identity_provider]]").unwrap()].to_string() + &s[s.find("[[grant]]").unwrap()..]), "identity_provider: configure at least one [[identity_provider]]; without one nobody can sign in"),
             (Box::new(|s| s[..s.find("[[grant]]").unwrap()].to_string()), "grant: configure at least one [[grant]]; without one every session is refused"),
@@ -607,6 +676,40 @@ backend_password_env = "DBA_PASSWORD"
             e.contains("invalid type: sequence, expected a string"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn audit_paths_resolve_against_the_file_except_standard_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            format!("{GOOD}\n[audit]\npath = \"logs/audit.log\"\n"),
+        )
+        .unwrap();
+        let audit = Config::load(&path).unwrap().audit.unwrap();
+        assert_eq!(audit.path, dir.path().join("logs/audit.log"));
+        assert!(!audit.commands && !audit.is_stdout());
+        std::fs::write(
+            &path,
+            format!("{GOOD}\n[audit]\npath = \"-\"\ncommands = true\n"),
+        )
+        .unwrap();
+        let audit = Config::load(&path).unwrap().audit.unwrap();
+        assert!(audit.is_stdout() && audit.commands);
+        assert!(Config::parse(GOOD).unwrap().audit.is_none());
+    }
+
+    #[test]
+    fn audit_refusals_name_the_field() {
+        assert_eq!(
+            error_for(|s| format!("{s}\n[audit]\npath = \"\"\n")),
+            "audit.path: must name a file to append to, or be \"-\" for standard output"
+        );
+        let err = error_for(|s| format!("{s}\n[audit]\ncommands = true\n"));
+        assert!(err.contains("missing field `path`"), "{err}");
+        let err = error_for(|s| format!("{s}\n[audit]\npath = \"a\"\nformat = \"json\"\n"));
+        assert!(err.contains("unknown field `format`"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,8 @@ impl ConfigError {
 
 const MIN_MESSAGE_SIZE: usize = 1 << 20;
 const MAX_DRAIN_SECS: u64 = 3600;
+/// A hello with a speculative sign-in carrying a large token needs this.
+const MIN_MESSAGE_SIZE_BEFORE_SIGN_IN: usize = 16 * 1024;
 
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     let listen = &config.listen;
@@ -66,6 +68,41 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be at least 1",
         ));
     }
+    if !(MIN_MESSAGE_SIZE_BEFORE_SIGN_IN..=limits.max_message_size)
+        .contains(&limits.max_message_size_before_sign_in)
+    {
+        return Err(ConfigError::new(
+            "limits.max_message_size_before_sign_in",
+            format!(
+                "must be between {MIN_MESSAGE_SIZE_BEFORE_SIGN_IN} bytes and limits.max_message_size ({})",
+                limits.max_message_size
+            ),
+        ));
+    }
+    if !(1..=MAX_DRAIN_SECS).contains(&limits.sign_in_deadline_secs) {
+        return Err(ConfigError::new(
+            "limits.sign_in_deadline_secs",
+            format!("must be between 1 and {MAX_DRAIN_SECS}"),
+        ));
+    }
+    for (field, value) in [
+        (
+            "limits.max_connections_per_ip",
+            limits.max_connections_per_ip,
+        ),
+        (
+            "limits.max_pending_human_flows_per_ip",
+            limits.max_pending_human_flows_per_ip,
+        ),
+        (
+            "limits.max_sign_in_failures_per_connection",
+            limits.max_sign_in_failures_per_connection as usize,
+        ),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::new(field, "must be at least 1"));
+        }
+    }
     if limits.auth_timeout_secs == 0 {
         return Err(ConfigError::new(
             "limits.auth_timeout_secs",
@@ -76,6 +113,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             "shutdown.drain_secs",
             format!("must be at most {MAX_DRAIN_SECS} (one hour)"),
+        ));
+    }
+    if config
+        .audit
+        .as_ref()
+        .is_some_and(|a| a.path.as_os_str().is_empty())
+    {
+        return Err(ConfigError::new(
+            "audit.path",
+            "must name a file to append to, or be \"-\" for standard output",
         ));
     }
     if config.identity_provider.is_empty() {

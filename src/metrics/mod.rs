@@ -19,7 +19,9 @@ use prometheus::{
 };
 
 use crate::readiness::Health;
-use crate::session::events::{BackendStage, ConnInfo, Disposition, Event, OperatorEvent, Sink};
+use crate::session::events::{
+    BackendStage, ConnInfo, Disposition, Event, Limit, OperatorEvent, Sink,
+};
 use crate::session::phase::{Access, Expiry};
 use crate::session::{CloseReason, Refused};
 
@@ -50,6 +52,7 @@ pub struct Metrics {
     sessions_expired: [IntCounter; EXPIRIES.len()],
     commands: [IntCounter; 2 + Refused::ALL.len()],
     closed: [IntCounter; CloseReason::ALL.len()],
+    limits_hit: [IntCounter; Limit::ALL.len()],
     backend_errors_by_stage: [IntCounter; 3],
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: Gauge,
@@ -230,6 +233,15 @@ impl Metrics {
                 })
             },
             closed: CloseReason::ALL.map(|c| closed.with_label_values(&[c.label()])),
+            limits_hit: {
+                let vec = counter_vec(
+                    &r,
+                    "limits_hit_total",
+                    "Bounds on what a client may cost before sign-in, hit, by limit.",
+                    &["limit"],
+                );
+                Limit::ALL.map(|l| vec.with_label_values(&[l.label()]))
+            },
             wire_errors: counter_vec(
                 &r,
                 "wire_errors_total",
@@ -277,6 +289,16 @@ impl Metrics {
             Disposition::Refused(r) => 2 + Refused::ALL.iter().position(|x| *x == r).unwrap_or(0),
         };
         if let Some(c) = self.commands.get(i) {
+            c.inc();
+        }
+    }
+
+    pub fn count_limit(&self, limit: Limit) {
+        if let Some(c) = Limit::ALL
+            .iter()
+            .position(|l| *l == limit)
+            .and_then(|i| self.limits_hit.get(i))
+        {
             c.inc();
         }
     }
@@ -391,6 +413,7 @@ impl Sink for MetricsSink {
                 to_backend,
                 to_client,
                 replies,
+                ..
             } => {
                 m.relay.to_backend_messages.inc();
                 m.relay.to_backend_bytes.inc_by(*to_backend);
@@ -398,6 +421,7 @@ impl Sink for MetricsSink {
                 m.relay.to_client_bytes.inc_by(*to_client);
             }
             Event::SessionEnded { reason, .. } => m.count_closed(*reason),
+            Event::LimitHit { limit } => m.count_limit(*limit),
             Event::Refused { .. } => {}
         }
     }
@@ -405,6 +429,7 @@ impl Sink for MetricsSink {
     fn operator(&self, event: &OperatorEvent<'_>) {
         match event {
             OperatorEvent::Reload { ok, .. } => self.0.count_reload(*ok),
+            OperatorEvent::Admin { .. } => {}
         }
     }
 }

@@ -1,13 +1,21 @@
 //! What happened, as events: the act step emits one per message and per
-//! transition, and the sinks (metrics, log; later the audit trail) turn them
-//! into counters and lines. Nothing else in the session logs or counts.
+//! transition, and the sinks (metrics, log, the audit trail) turn them into
+//! counters and lines. Nothing else in the session logs or counts.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 use crate::auth::AuthFailure;
 use crate::backend::BackendError;
+use crate::wire::op_msg::ReplyStatus;
 
 use super::decide::Refused;
 use super::phase::{Access, Expiry, Flow, SignedIn};
@@ -57,8 +65,45 @@ pub struct Counts {
     pub bytes_to_client: u64,
 }
 
+/// A bound on what an anonymous client may cost, hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `limits.sign_in_deadline_secs` passed before a sign-in.
+    SignInDeadline,
+    /// A message over `limits.max_message_size_before_sign_in`.
+    MessageSizeBeforeSignIn,
+    /// `limits.max_pending_human_flows_per_ip`: step 2 gets no five-minute wait.
+    PendingHumanFlows,
+    /// A failed sign-in answered after a delay.
+    SignInFailureDelay,
+    /// `limits.max_sign_in_failures_per_connection`: the connection is closed.
+    SignInFailures,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 5] = [
+        Limit::SignInDeadline,
+        Limit::MessageSizeBeforeSignIn,
+        Limit::PendingHumanFlows,
+        Limit::SignInFailureDelay,
+        Limit::SignInFailures,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::SignInDeadline => "sign_in_deadline",
+            Limit::MessageSizeBeforeSignIn => "message_size_before_sign_in",
+            Limit::PendingHumanFlows => "pending_human_flows_per_ip",
+            Limit::SignInFailureDelay => "sign_in_failure_delay",
+            Limit::SignInFailures => "sign_in_failures_per_connection",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Event<'a> {
+    /// A bound was hit (counted; the log says what happened).
+    LimitHit { limit: Limit },
     /// One client message, after it was handled.
     Command {
         name: &'a str,
@@ -100,6 +145,16 @@ pub enum Event<'a> {
         to_backend: u64,
         to_client: u64,
         replies: u64,
+        /// The command's name, `$db` and first value when a string (the
+        /// collection of `find`, `insert`...).
+        command: &'a str,
+        db: Option<&'a str>,
+        collection: Option<&'a str>,
+        /// The first reply's `ok` and error code, read only while commands
+        /// are audited and only when that reply was already buffered.
+        status: Option<ReplyStatus>,
+        /// From sending the request to the end of the last reply.
+        duration: Duration,
     },
     SessionEnded {
         reason: CloseReason,
@@ -118,6 +173,14 @@ pub enum OperatorEvent<'a> {
         ok: bool,
         path: &'a str,
         detail: &'a str,
+    },
+    /// An administrative action (admin command or HTTP endpoint): what was
+    /// done, to what, how it ended, and who asked.
+    Admin {
+        action: &'a str,
+        target: &'a str,
+        outcome: &'a str,
+        source: &'a str,
     },
 }
 
@@ -152,8 +215,38 @@ impl Sinks {
 }
 
 /// Events → structured log lines. Per-message events log at debug only, so
-/// the relay path formats nothing at the default level.
-pub struct LogSink;
+/// the relay path formats nothing at the default level; failed sign-ins are
+/// rate-limited, so a flood of forged tokens cannot flood the log.
+#[derive(Default)]
+pub struct LogSink {
+    failures: RateLimit,
+}
+
+/// At most [`RateLimit::PER_SECOND`] lines a second; the rest are counted
+/// and reported on the next line that is written.
+#[derive(Default)]
+pub struct RateLimit {
+    second: AtomicU64,
+    written: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimit {
+    pub const PER_SECOND: u64 = 10;
+
+    /// `Some(suppressed since the last written line)` when a line may be written.
+    pub fn admit(&self, now_secs: u64) -> Option<u64> {
+        if self.second.swap(now_secs, Ordering::Relaxed) != now_secs {
+            self.written.store(0, Ordering::Relaxed);
+        }
+        if self.written.fetch_add(1, Ordering::Relaxed) < Self::PER_SECOND {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
 
 impl Sink for LogSink {
     fn emit(&self, conn: &ConnInfo, event: &Event<'_>) {
@@ -194,8 +287,12 @@ impl Sink for LogSink {
             }
             // Debug-formatted: the reason quotes token fields (issuer, kid,
             // ...) that an attacker chose, so control characters are escaped.
-            Event::SignInFailed { failure, flow } => tracing::warn!(conn = conn_id, %peer,
-                reason = failure.reason(), flow = flow.label(), error = ?failure.to_string(), "authentication failed"),
+            Event::SignInFailed { failure, flow } => {
+                if let Some(suppressed) = self.failures.admit(unix_secs()) {
+                    tracing::warn!(conn = conn_id, %peer, reason = failure.reason(), flow = flow.label(),
+                        error = ?failure.to_string(), suppressed_before = suppressed, "authentication failed");
+                }
+            }
             Event::ReauthenticationRefused { code } => tracing::warn!(conn = conn_id, %peer, code,
                 "re-authentication as another user refused"),
             Event::Expired { user, why } => {
@@ -218,6 +315,9 @@ impl Sink for LogSink {
                 bytes_in = counts.bytes_from_client, bytes_out = counts.bytes_to_client,
                 seconds = duration.as_secs_f64(), user = ?user, "session ended")
             }
+            Event::LimitHit { limit } => {
+                tracing::debug!(conn = conn_id, %peer, limit = limit.label(), "limit hit")
+            }
             Event::BackendConnected { .. } | Event::AuthStep { .. } | Event::Relayed { .. } => {}
         }
     }
@@ -235,6 +335,28 @@ impl Sink for LogSink {
                 detail,
             } => tracing::warn!(config = %path, error = %detail,
                 "configuration reload refused; the running configuration keeps serving"),
+            OperatorEvent::Admin {
+                action,
+                target,
+                outcome,
+                source,
+            } => tracing::info!(action, target, outcome, source, "administrative action"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_lines_are_rate_limited_and_the_rest_counted() {
+        let r = RateLimit::default();
+        let admitted: Vec<Option<u64>> = (0..13).map(|_| r.admit(100)).collect();
+        assert!(admitted[..10].iter().all(|a| *a == Some(0)));
+        assert!(admitted[10..].iter().all(Option::is_none));
+        // The next second's first line reports the three suppressed.
+        assert_eq!(r.admit(101), Some(3));
+        assert_eq!(r.admit(101), Some(0));
     }
 }

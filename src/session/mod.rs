@@ -41,7 +41,7 @@ use crate::wire::{self, DecodeError, Frame, Op, OpCode, Request};
 
 pub use decide::{Action, Inputs, Local, Refused};
 use events::BackendStage;
-pub use events::{ConnInfo, Counts, Disposition, Event};
+pub use events::{ConnInfo, Counts, Disposition, Event, Limit};
 use phase::{Access, Flow, Phase, Policy};
 
 /// Drivers' human-flow callback timeout (300 s) plus a margin.
@@ -59,10 +59,12 @@ pub enum CloseReason {
     ClientIo,
     BackendClosed,
     Shutdown,
+    SignInDeadline,
+    SignInFailures,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::ClientClosed,
         CloseReason::IdleBeforeSignIn,
         CloseReason::MalformedMessage,
@@ -70,6 +72,8 @@ impl CloseReason {
         CloseReason::ClientIo,
         CloseReason::BackendClosed,
         CloseReason::Shutdown,
+        CloseReason::SignInDeadline,
+        CloseReason::SignInFailures,
     ];
 
     pub fn label(self) -> &'static str {
@@ -81,6 +85,8 @@ impl CloseReason {
             CloseReason::ClientIo => "client_io",
             CloseReason::BackendClosed => "backend_closed",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::SignInDeadline => "sign_in_deadline",
+            CloseReason::SignInFailures => "sign_in_failures",
         }
     }
 }
@@ -161,6 +167,14 @@ pub struct Session<S> {
     client: Client<S>,
     conn: ConnInfo,
     started: Instant,
+    /// Before sign-in, the connection ends here (`limits.sign_in_deadline_secs`).
+    sign_in_deadline: Instant,
+    /// The end of the one five-minute wait for a human flow's step 2, when
+    /// this connection holds one of its address's pending slots.
+    human_window: Option<Instant>,
+    sign_in_failures: u32,
+    /// Close the connection once the current reply is sent.
+    close_after_reply: Option<CloseReason>,
     shared: Arc<Shared>,
     stage: watch::Receiver<Stage>,
     phase: Phase,
@@ -174,6 +188,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             id: shared.next_connection_id(),
             peer,
         };
+        let started = Instant::now();
+        let deadline = Duration::from_secs(shared.runtime.load().limits.sign_in_deadline_secs);
         Session {
             client: Client {
                 stream,
@@ -181,7 +197,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 next_reply_id: 1,
             },
             conn,
-            started: Instant::now(),
+            started,
+            sign_in_deadline: started + deadline,
+            human_window: None,
+            sign_in_failures: 0,
+            close_after_reply: None,
             stage: shared.stage.clone(),
             shared,
             phase: Phase::Anonymous,
@@ -198,6 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// emits the session's end.
     pub async fn run(mut self) -> CloseReason {
         let reason = self.serve().await;
+        self.leave_human_window();
         self.emit(&Event::SessionEnded {
             reason,
             counts: self.counts,
@@ -235,39 +256,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
             drop(frame);
             self.client.shrink();
+            if !matches!(self.phase, Phase::Authenticating { .. }) {
+                self.leave_human_window();
+            }
             if let Err(reason) = result {
+                return reason;
+            }
+            if let Some(reason) = self.close_after_reply.take() {
                 return reason;
             }
         }
     }
 
-    /// Reads the next message; before sign-in silence is bounded, and the
-    /// end of a drain interrupts the wait.
+    /// Reads the next message. Before sign-in, silence and the total time
+    /// are bounded, and so is a message's size; the end of a drain
+    /// interrupts the wait.
     async fn next_frame(&mut self) -> Result<Frame, CloseReason> {
-        let (max, auth_timeout) = {
+        let anonymous = self.phase.is_anonymous();
+        let (max, silence) = {
             let limits = &self.shared.runtime.load().limits;
-            (
-                limits.max_message_size,
-                Duration::from_secs(limits.auth_timeout_secs),
-            )
+            let max = if anonymous {
+                limits.max_message_size_before_sign_in
+            } else {
+                limits.max_message_size
+            };
+            (max, Duration::from_secs(limits.auth_timeout_secs))
         };
-        let idle = match &self.phase {
-            // Between the two steps of the human flow a person signs in at
-            // the IdP; drivers give that callback five minutes.
-            Phase::Authenticating { .. } => Some(auth_timeout.max(HUMAN_FLOW_TIMEOUT)),
-            Phase::Anonymous => Some(auth_timeout),
-            Phase::SignedIn(_) => None,
+        let waits = if !anonymous {
+            None
+        } else if let (Phase::Authenticating { .. }, Some(window)) =
+            (&self.phase, self.human_window)
+        {
+            // A person signs in at the IdP between the two steps; drivers
+            // give that callback five minutes.
+            Some((window, CloseReason::SignInDeadline))
+        } else {
+            let silent = Instant::now() + silence;
+            Some(if silent < self.sign_in_deadline {
+                (silent, CloseReason::IdleBeforeSignIn)
+            } else {
+                (self.sign_in_deadline, CloseReason::SignInDeadline)
+            })
         };
         let read = wire::read_frame(&mut self.client.stream, &mut self.client.read_buf, max);
         let timeout = async {
-            match idle {
-                Some(d) => tokio::time::sleep(d).await,
+            match waits {
+                Some((at, _)) => tokio::time::sleep_until(at.into()).await,
                 None => std::future::pending().await,
             }
         };
         let result = tokio::select! {
             r = read => r,
-            _ = timeout => return Err(CloseReason::IdleBeforeSignIn),
+            _ = timeout => {
+                let reason = waits.map_or(CloseReason::IdleBeforeSignIn, |(_, r)| r);
+                if reason == CloseReason::SignInDeadline {
+                    self.emit(&Event::LimitHit { limit: Limit::SignInDeadline });
+                }
+                return Err(reason);
+            }
             _ = closing(&mut self.stage) => return Err(CloseReason::Shutdown),
         };
         match result {
@@ -277,6 +323,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Err(CloseReason::ClientIo)
             }
             Err(e) => {
+                if anonymous && matches!(e, wire::WireError::LengthTooLarge { .. }) {
+                    self.emit(&Event::LimitHit {
+                        limit: Limit::MessageSizeBeforeSignIn,
+                    });
+                }
                 // The frame boundary itself is untrustworthy: nothing can be answered.
                 self.emit(&Event::WireError {
                     kind: e.kind(),
@@ -284,6 +335,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 });
                 Err(CloseReason::MalformedMessage)
             }
+        }
+    }
+
+    /// Gives back this connection's pending human-flow slot, if it held one.
+    fn leave_human_window(&mut self) {
+        if self.human_window.take().is_some() {
+            self.shared.admission.end_human_flow(self.conn.peer.ip());
+        }
+    }
+
+    /// The first step 1 of a human flow may wait for step 2, if the
+    /// address has a pending slot left; the window is never extended.
+    fn enter_human_window(&mut self, rt: &Runtime) {
+        if self.human_window.is_some() || !self.phase.is_anonymous() {
+            return;
+        }
+        let ip = self.conn.peer.ip();
+        if self
+            .shared
+            .admission
+            .start_human_flow(ip, rt.limits.max_pending_human_flows_per_ip)
+        {
+            let window = Duration::from_secs(rt.limits.auth_timeout_secs).max(HUMAN_FLOW_TIMEOUT);
+            self.human_window = Some(Instant::now() + window);
+        } else {
+            self.emit(&Event::LimitHit {
+                limit: Limit::PendingHumanFlows,
+            });
         }
     }
 
@@ -528,6 +607,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         });
         match outcome {
             Ok(StepOutcome::Challenge { reply, pending }) => {
+                self.enter_human_window(rt);
                 let previous = match std::mem::take(&mut self.phase) {
                     Phase::SignedIn(s) => Some(s),
                     Phase::Authenticating { previous, .. } => previous,
@@ -548,8 +628,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     failure: &failure,
                     flow,
                 });
+                self.pay_for_failure(rt).await;
                 Err(MongoError::generic_authentication_failure())
             }
+        }
+    }
+
+    /// Failed sign-ins cost the client, not the proxy: an increasing delay
+    /// per address before the reply, and the connection closed after
+    /// `limits.max_sign_in_failures_per_connection`.
+    async fn pay_for_failure(&mut self, rt: &Runtime) {
+        self.sign_in_failures += 1;
+        let delay = self
+            .shared
+            .admission
+            .failed(self.conn.peer.ip(), Instant::now());
+        if !delay.is_zero() {
+            self.emit(&Event::LimitHit {
+                limit: Limit::SignInFailureDelay,
+            });
+            tokio::time::sleep(delay).await;
+        }
+        if self.sign_in_failures >= rt.limits.max_sign_in_failures_per_connection {
+            self.emit(&Event::LimitHit {
+                limit: Limit::SignInFailures,
+            });
+            self.close_after_reply = Some(CloseReason::SignInFailures);
         }
     }
 
@@ -566,6 +670,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             runtime_version: rt.version,
             at: now,
         };
+        self.shared.admission.succeeded(self.conn.peer.ip());
         let reauthenticated = self.phase.signed_in().is_some();
         let session = match decide::sign_in(&self.phase, verified) {
             Ok(s) => s,
@@ -616,8 +721,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(CloseReason::BackendClosed);
         };
         let mut progress = relay::Progress::default();
+        // Only the audit trail's command records want the reply's status.
+        let inspect = rt.config.audit.as_ref().is_some_and(|a| a.commands);
+        let started = Instant::now();
         let outcome = tokio::select! {
-            r = relay::relay(&mut self.client.stream, &mut link.connection, req.bytes, req.more_to_come, &mut progress) => Some(r),
+            r = relay::relay(&mut self.client.stream, &mut link.connection, req.bytes, req.more_to_come, inspect, &mut progress) => Some(r),
             _ = closing(&mut self.stage) => None,
         };
         self.counts.bytes_to_client += progress.to_client;
@@ -625,6 +733,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             to_backend: req.bytes.len() as u64,
             to_client: progress.to_client,
             replies: progress.replies,
+            command: req.command.map_or("", |c| c.name),
+            db: req.command.and_then(|c| c.db),
+            collection: req.command.and_then(|c| c.target),
+            status: progress.status,
+            duration: started.elapsed(),
         });
         match outcome {
             Some(Ok(())) => Ok(()),

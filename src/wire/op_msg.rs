@@ -200,6 +200,64 @@ fn read_section<'a>(r: &mut Reader<'a>) -> Result<Section<'a>, WireError> {
     }
 }
 
+/// What a reply says of its command: `ok`, and the error code when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyStatus {
+    pub ok: bool,
+    /// `code` of a failed command, else the code of its first write error
+    /// or of its write-concern error; `None` for a clean success.
+    pub code: Option<i32>,
+}
+
+impl ReplyStatus {
+    /// Reads `ok` and the codes from a reply document; `None` without `ok`.
+    pub fn of(doc: &RawDocument) -> Option<ReplyStatus> {
+        use bson::raw::RawBsonRef;
+        fn field<'d>(d: &'d RawDocument, key: &str) -> Option<RawBsonRef<'d>> {
+            d.get(key).ok().flatten()
+        }
+        let code_of = |d: &RawDocument| {
+            field(d, "code")
+                .and_then(super::bson_integer)
+                .and_then(|c| i32::try_from(c).ok())
+        };
+        let ok = match field(doc, "ok")? {
+            RawBsonRef::Boolean(b) => b,
+            RawBsonRef::Double(v) => v != 0.0,
+            other => super::bson_integer(other)? != 0,
+        };
+        let code = if !ok {
+            code_of(doc)
+        } else {
+            let first_write_error = match field(doc, "writeErrors") {
+                Some(RawBsonRef::Array(errors)) => match errors.into_iter().next() {
+                    Some(Ok(RawBsonRef::Document(e))) => code_of(e),
+                    _ => None,
+                },
+                _ => None,
+            };
+            first_write_error.or_else(|| match field(doc, "writeConcernError") {
+                Some(RawBsonRef::Document(e)) => code_of(e),
+                _ => None,
+            })
+        };
+        Some(ReplyStatus { ok, code })
+    }
+}
+
+/// The status of an OP_MSG reply from its first bytes (header included),
+/// when its first section is a body that `prefix` holds whole; `None`
+/// otherwise. Reads only what is there: for the audit trail, which must not
+/// make the relay wait for or buffer a reply.
+pub fn reply_status(prefix: &[u8]) -> Option<ReplyStatus> {
+    let mut r = Reader::new(prefix.get(HEADER_LEN..)?, "OP_MSG reply");
+    let flags = OpMsgFlags(r.u32().ok()?);
+    if flags.0 & 0xFFFF & !OpMsgFlags::KNOWN_REQUIRED != 0 || r.u8().ok()? != 0 {
+        return None;
+    }
+    ReplyStatus::of(r.document().ok()?)
+}
+
 /// Encodes a one-body OP_MSG. Replies built by the proxy never carry a checksum.
 pub fn encode(request_id: i32, response_to: i32, flags: u32, body: &RawDocument) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + 5 + body.as_bytes().len());
@@ -375,5 +433,64 @@ mod tests {
             OpMsg::parse(&msg),
             Err(WireError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn reply_status_reads_ok_and_the_error_code() {
+        let status = |doc: bson::RawDocumentBuf| reply_status(&encode(1, 2, 0, &doc));
+        let ok = |code| Some(ReplyStatus { ok: true, code });
+        let failed = |code| Some(ReplyStatus { ok: false, code });
+        assert_eq!(status(rawdoc! { "n": 1, "ok": 1.0 }), ok(None));
+        assert_eq!(status(rawdoc! { "ok": 1 }), ok(None));
+        assert_eq!(status(rawdoc! { "ok": true }), ok(None));
+        assert_eq!(
+            status(
+                rawdoc! { "ok": 0.0, "errmsg": "not authorized", "code": 13, "codeName": "Unauthorized" }
+            ),
+            failed(Some(13))
+        );
+        assert_eq!(
+            status(rawdoc! { "ok": 0, "code": 11600_i64 }),
+            failed(Some(11600))
+        );
+        assert_eq!(status(rawdoc! { "ok": 0 }), failed(None));
+        assert_eq!(
+            status(
+                rawdoc! { "n": 0, "writeErrors": [{ "index": 0, "code": 11000, "errmsg": "dup" }], "ok": 1 }
+            ),
+            ok(Some(11000))
+        );
+        assert_eq!(
+            status(rawdoc! { "n": 1, "writeConcernError": { "code": 64 }, "ok": 1 }),
+            ok(Some(64))
+        );
+        assert_eq!(status(rawdoc! { "cursor": { "id": 0_i64 } }), None, "no ok");
+        assert_eq!(status(rawdoc! { "ok": "yes" }), None);
+    }
+
+    #[test]
+    fn reply_status_reads_only_a_complete_first_body() {
+        let reply = encode(1, 2, 0, &rawdoc! { "ok": 0, "code": 13 });
+        for cut in 0..reply.len() {
+            assert_eq!(reply_status(&reply[..cut]), None, "cut at {cut}");
+        }
+        assert!(reply_status(&reply).is_some());
+        // A document sequence first: not looked into.
+        let seq = with_sections(0, &[1, 9, 0, 0, 0, b'x', 0, 5, 0, 0, 0], false);
+        assert_eq!(reply_status(&seq), None);
+        // Unknown required flag bits: not a reply the proxy understands.
+        let mut flagged = reply.clone();
+        flagged[HEADER_LEN] = 0x04;
+        assert_eq!(reply_status(&flagged), None);
+        // The bytes after the first body (a checksum, more sections) do not matter.
+        let mut longer = reply.clone();
+        longer.extend_from_slice(&[0xff; 8]);
+        assert_eq!(
+            reply_status(&longer),
+            Some(ReplyStatus {
+                ok: false,
+                code: Some(13)
+            })
+        );
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! They run REAL third-party software installed by `scripts/setup-tools.sh`
 //! into `.tools/` (or `$MOP_TOOLS`): SecantusDB as the backend (started with
-//! `mongo_oidc_proxy::demo::secantus`), pymongo and the Node `mongodb` driver
+//! `mongo_oidc_proxy_devkit::demo::secantus`), pymongo and the Node `mongodb` driver
 //! through the scripts in `tests/clients/`, mongosh, and MongoDB's
 //! `@mongodb-js/oidc-mock-provider` as the identity provider. Missing tools
 //! make the tests FAIL with a hint, never skip.
@@ -71,7 +71,7 @@ pub fn tools_dir() -> PathBuf {
 /// The `secantusd-py` the tests use.
 pub fn secantusd() -> PathBuf {
     let tools = tools_dir();
-    mongo_oidc_proxy::demo::secantus::find_secantusd(Some(&tools))
+    mongo_oidc_proxy_devkit::demo::secantus::find_secantusd(Some(&tools))
         .unwrap_or_else(|| panic!("secantusd-py not found; {SETUP_HINT}"))
 }
 
@@ -479,15 +479,15 @@ pub fn jwt_claims(jwt: &str) -> Value {
 /// Starts SecantusDB (temporary data dir, free port) with these SCRAM users
 /// in `admin` and `--auth` on; panics with the server's log on failure.
 pub async fn start_secantus(
-    users: Vec<mongo_oidc_proxy::demo::secantus::BackendUser>,
-) -> mongo_oidc_proxy::demo::secantus::RunningSecantus {
-    let opts = mongo_oidc_proxy::demo::secantus::SecantusOptions {
+    users: Vec<mongo_oidc_proxy_devkit::demo::secantus::BackendUser>,
+) -> mongo_oidc_proxy_devkit::demo::secantus::RunningSecantus {
+    let opts = mongo_oidc_proxy_devkit::demo::secantus::SecantusOptions {
         secantusd: secantusd(),
         users,
         data_dir: None,
         port: None,
     };
-    mongo_oidc_proxy::demo::secantus::start(opts)
+    mongo_oidc_proxy_devkit::demo::secantus::start(opts)
         .await
         .unwrap_or_else(|e| panic!("SecantusDB did not start: {e}"))
 }

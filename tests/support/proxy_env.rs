@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use mongo_oidc_proxy::config::Config;
-use mongo_oidc_proxy::demo::secantus::BackendUser;
-use mongo_oidc_proxy::devidp::{DevIdp, DevIdpOptions};
 use mongo_oidc_proxy::server::{self, Running};
+use mongo_oidc_proxy_devkit::demo::secantus::BackendUser;
+use mongo_oidc_proxy_devkit::devidp::{DevIdp, DevIdpOptions};
 
 use super::wire_client::WireClient;
 
@@ -49,13 +49,13 @@ pub fn backend_uri() -> &'static str {
                     Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("shared-backend-{name}"));
                 let _ = std::fs::remove_dir_all(&data_dir);
                 std::fs::create_dir_all(&data_dir).expect("backend data dir");
-                let opts = mongo_oidc_proxy::demo::secantus::SecantusOptions {
+                let opts = mongo_oidc_proxy_devkit::demo::secantus::SecantusOptions {
                     secantusd: super::secantusd(),
                     users,
                     data_dir: Some(data_dir),
                     port: None,
                 };
-                let running = mongo_oidc_proxy::demo::secantus::start(opts)
+                let running = mongo_oidc_proxy_devkit::demo::secantus::start(opts)
                     .await
                     .unwrap_or_else(|e| panic!("SecantusDB did not start: {e}"));
                 let _ = tx.send(running.uri.clone());
@@ -74,7 +74,8 @@ pub fn shared_files() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
-        mongo_oidc_proxy::devcerts::generate(dir.path(), &[]).expect("development certificates");
+        mongo_oidc_proxy_devkit::devcerts::generate(dir.path(), &[])
+            .expect("development certificates");
         std::fs::write(dir.path().join("rw.password"), WRITER.1).expect("password file");
         std::fs::write(dir.path().join("ro.password"), READER.1).expect("password file");
         dir

@@ -12,6 +12,7 @@ use super::{drain, take, Buf};
 pub struct ProxyProcess {
     child: Child,
     log: Buf,
+    out: Buf,
     pub port: u16,
 }
 
@@ -19,7 +20,13 @@ impl ProxyProcess {
     /// Starts `mongo-oidc-proxy --config FILE` and waits until it listens
     /// on `port` (which the config must name).
     pub async fn start(config: &Path, port: u16) -> ProxyProcess {
-        ProxyProcess::start_with(config, port, &["--log-format", "json"], &[]).await
+        ProxyProcess::start_under(&[], config, port).await
+    }
+
+    /// Like [`ProxyProcess::start`], run through `wrapper` (e.g.
+    /// `["prlimit", "--nofile=256:256", "--"]`).
+    pub async fn start_under(wrapper: &[&str], config: &Path, port: u16) -> ProxyProcess {
+        ProxyProcess::launch(wrapper, config, port, &["--log-format", "json"], &[]).await
     }
 
     /// Like [`ProxyProcess::start`] with other arguments after `--config
@@ -30,20 +37,45 @@ impl ProxyProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> ProxyProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mongo-oidc-proxy"))
+        ProxyProcess::launch(&[], config, port, args, env).await
+    }
+
+    async fn launch(
+        wrapper: &[&str],
+        config: &Path,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ProxyProcess {
+        let binary = env!("CARGO_BIN_EXE_mongo-oidc-proxy");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(config)
             .args(args)
             .env_remove("MONGO_OIDC_PROXY_CONFIG")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("start mongo-oidc-proxy");
         let log = drain(child.stderr.take().expect("piped stderr"));
-        let mut p = ProxyProcess { child, log, port };
+        let out = drain(child.stdout.take().expect("piped stdout"));
+        let mut p = ProxyProcess {
+            child,
+            log,
+            out,
+            port,
+        };
         if !p
             .wait_for_log("mongo-oidc-proxy listening", Duration::from_secs(20))
             .await
@@ -70,6 +102,11 @@ impl ProxyProcess {
 
     pub fn log(&self) -> String {
         take(&self.log)
+    }
+
+    /// What the proxy wrote to standard output (the audit trail with `path = "-"`).
+    pub fn stdout(&self) -> String {
+        take(&self.out)
     }
 
     /// How often `needle` occurs in the log so far.

@@ -55,6 +55,33 @@ impl WireClient {
         })
     }
 
+    /// Connects from a chosen loopback address (127.0.0.2, ...), so a test
+    /// can be two clients from two addresses.
+    pub async fn connect_from(
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+        ca: &Path,
+    ) -> Result<WireClient, String> {
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .map_err(|e| format!("bind: {e}"))?;
+        let tcp = socket
+            .connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let name = ServerName::try_from("localhost").expect("server name");
+        let stream = tls_connector(ca)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        Ok(WireClient {
+            stream,
+            buf: BytesMut::new(),
+            next_id: 100,
+        })
+    }
+
     pub async fn connect(addr: SocketAddr, ca: &Path) -> WireClient {
         let tcp = TcpStream::connect(addr)
             .await
@@ -145,6 +172,12 @@ impl WireClient {
     /// One-step MONGODB-OIDC sign-in with `jwt`.
     pub async fn sign_in(&mut self, jwt: &str) -> RawDocumentBuf {
         self.command(sasl_start(&rawdoc! { "jwt": jwt })).await
+    }
+
+    /// Closes cleanly (TLS close_notify), as a driver closing its pool does:
+    /// the proxy sees the client close, not an I/O error.
+    pub async fn close(mut self) {
+        let _ = self.stream.shutdown().await;
     }
 }
 

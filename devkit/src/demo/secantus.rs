@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::wire::{self, OpCode, OpMsg};
+use mongo_oidc_proxy::wire::{self, OpCode, OpMsg};
 
 /// How long to wait for the server to accept connections after a start.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -168,6 +168,26 @@ impl RunningSecantus {
         self.child.as_ref().and_then(|c| c.id())
     }
 
+    /// Kills the server at once (SIGKILL), as a crash would; its data stays.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts the server again on the same port and storage, with auth and
+    /// `extra` flags (e.g. `--sync-on-commit`); stops it first if it runs.
+    pub async fn restart_with(&mut self, extra: &[&str]) -> Result<(), SecantusError> {
+        if let Some(child) = self.child.take() {
+            stop_async(child).await;
+        }
+        let (child, stderr) = spawn(&self.binary, self.port, &self.data_dir, true, extra)?;
+        let child = wait_ready(&self.binary, child, &stderr, self.port).await?;
+        self.child = Some(child);
+        self.stderr = stderr;
+        Ok(())
+    }
+
     /// Stops the server and waits for it to exit.
     pub async fn shutdown(mut self) {
         if let Some(child) = self.child.take() {
@@ -290,7 +310,7 @@ async fn launch(
             Some(p) => p,
             None => free_port()?,
         };
-        let (child, stderr) = spawn(&opts.secantusd, port, data_dir, auth)?;
+        let (child, stderr) = spawn(&opts.secantusd, port, data_dir, auth, &[])?;
         match wait_ready(&opts.secantusd, child, &stderr, port).await {
             Ok(child) => return Ok((child, stderr, port)),
             Err(SecantusError::Died { stderr: log, .. })
@@ -338,6 +358,7 @@ fn spawn(
     port: u16,
     data_dir: &Path,
     auth: bool,
+    extra: &[&str],
 ) -> Result<(Child, LogBuf), SecantusError> {
     let mut cmd = Command::new(binary);
     cmd.arg("--host")
@@ -350,6 +371,7 @@ fn spawn(
     if auth {
         cmd.arg("--auth");
     }
+    cmd.args(extra);
     // The daemon auto-discovers ./secantusd.toml; run it where there is none.
     cmd.current_dir(data_dir)
         .stdin(Stdio::null())

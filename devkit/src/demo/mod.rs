@@ -1,4 +1,4 @@
-//! `mongo-oidc-proxy demo`: a proxy you can sign in to, with nothing else
+//! `mongo-oidc-proxy-demo`: a proxy you can sign in to, with nothing else
 //! installed but the test tools: development certificates, the built-in
 //! development identity provider, a SecantusDB backend started here (unless
 //! `--backend-uri` names one), all on loopback.
@@ -8,8 +8,8 @@ pub mod secantus;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
 use crate::devidp::{DevIdp, DevIdpOptions};
+use mongo_oidc_proxy::config::Config;
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -89,7 +89,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let config =
         Config::load(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let running = crate::server::start(config)
+    let running = mongo_oidc_proxy::server::start(config)
         .await
         .map_err(|e| e.to_string())?;
 
@@ -212,7 +212,7 @@ fn demo_config(
     grants: &[DemoGrant],
 ) -> String {
     let mut text = format!(
-        "# Written by `mongo-oidc-proxy demo`; regenerated at every start.\n\
+        "# Written by `mongo-oidc-proxy-demo`; regenerated at every start.\n\
          [listen]\naddress = {}\ntls_cert = {}\ntls_key = {}\n\n\
          [backend]\nuri = {}\n\n\
          [[identity_provider]]\nissuer = {}\naudience = {}\nauth_name_prefix = {}\nclient_id = {}\njwks_min_quiesce_secs = 0\n\n\
@@ -279,7 +279,7 @@ fn print_instructions(
     };
     println!(
         r#"
-mongo-oidc-proxy demo is running (Ctrl-C stops everything).
+mongo-oidc-proxy-demo is running (Ctrl-C stops everything).
 
   proxy             {uri}
   identity provider {issuer}   (development only: signs in anyone, no password)

@@ -1,0 +1,350 @@
+//! What an anonymous client may cost, probed as an attacker would, with the
+//! real proxy, SecantusDB and the development IdP: a deadline from accept to
+//! sign-in, a small message limit before sign-in, connections per address,
+//! the five-minute human-flow wait bounded per address, failed sign-ins that
+//! slow down and close, and refusal at the connection limit instead of a
+//! hang. Timings are reported, not asserted beyond generous bounds.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use bson::rawdoc;
+use support::proxy_env::{config_text, dev_idp_options, ProxyEnv};
+use support::wire_client::{error_of, is_ok, sasl_start, WireClient};
+
+const SECOND_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+/// A proxy whose `[limits]` are `limits` instead of the test default.
+async fn with_limits(limits: &str) -> ProxyEnv {
+    let limits = format!("[limits]\n{limits}\n");
+    ProxyEnv::launch(dev_idp_options(), |issuer| {
+        config_text(issuer, "", "").replace("[limits]\nauth_timeout_secs = 5\n", &limits)
+    })
+    .await
+}
+
+fn metric(env: &ProxyEnv, needle: &str) -> bool {
+    env.running().metrics.render().contains(needle)
+}
+
+/// Whether the proxy closes `c` within `within` (a read sees EOF).
+async fn closed_within(c: &mut WireClient, within: Duration) -> bool {
+    let ping = rawdoc! { "ping": 1, "$db": "admin" };
+    let started = Instant::now();
+    while started.elapsed() < within {
+        c.send_msg(0, &ping).await;
+        if c.recv().await.is_none() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_chatty_anonymous_client_is_closed_at_the_sign_in_deadline() {
+    let env = with_limits("auth_timeout_secs = 2\nsign_in_deadline_secs = 3").await;
+    let mut c = env.client().await;
+    let started = Instant::now();
+    // A ping every 200 ms is never silent for auth_timeout_secs...
+    assert!(
+        closed_within(&mut c, Duration::from_secs(8)).await,
+        "still open after 8 s"
+    );
+    let took = started.elapsed();
+    println!("anonymous pinger closed after {took:?} (deadline 3 s)");
+    assert!(
+        took >= Duration::from_millis(2500),
+        "closed early: {took:?}"
+    );
+    assert!(metric(
+        &env,
+        "mongo_oidc_proxy_limits_hit_total{limit=\"sign_in_deadline\"} 1"
+    ));
+    assert!(metric(
+        &env,
+        "mongo_oidc_proxy_connections_closed_total{reason=\"sign_in_deadline\"} 1"
+    ));
+    // ...while a signed-in session has no deadline.
+    let mut s = env.client().await;
+    assert!(is_ok(
+        &s.sign_in(&env.token("alice", &["writers"], 600)).await
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(is_ok(
+        &s.command(rawdoc! { "find": "x", "$db": "app" }).await
+    ));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn slots_held_by_pingers_come_back_for_a_healthy_client() {
+    let env =
+        with_limits("max_connections = 10\nauth_timeout_secs = 2\nsign_in_deadline_secs = 3").await;
+    let mut pingers = Vec::new();
+    for _ in 0..10 {
+        pingers.push(env.client().await);
+    }
+    let ping = rawdoc! { "ping": 1, "$db": "admin" };
+    for p in &mut pingers {
+        assert!(is_ok(&p.command(ping.clone()).await));
+    }
+    // Every slot is held: a new client is refused at once...
+    let refused = WireClient::try_connect(env.addr(), &env.ca()).await;
+    assert!(refused.is_err(), "the 11th connection must be refused");
+    // ...until the pingers' deadline frees them.
+    let started = Instant::now();
+    let healthy = loop {
+        if let Ok(mut c) = WireClient::try_connect(env.addr(), &env.ca()).await {
+            if is_ok(&c.sign_in(&env.token("alice", &["writers"], 600)).await) {
+                break c;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no slot came back"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!("a healthy client got a slot after {:?}", started.elapsed());
+    drop(healthy);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn messages_before_sign_in_are_small() {
+    let env = with_limits("max_message_size_before_sign_in = 65536").await;
+    let big = rawdoc! { "ping": 1, "pad": "x".repeat(100_000), "$db": "admin" };
+    let mut anonymous = env.client().await;
+    anonymous.send_msg(0, &big).await;
+    assert!(
+        anonymous.recv().await.is_none(),
+        "a 100 KB message before sign-in closes"
+    );
+    assert!(metric(
+        &env,
+        "mongo_oidc_proxy_limits_hit_total{limit=\"message_size_before_sign_in\"} 1"
+    ));
+    let mut signed = env.client().await;
+    assert!(is_ok(
+        &signed.sign_in(&env.token("alice", &["writers"], 600)).await
+    ));
+    assert!(
+        is_ok(&signed.command(big).await),
+        "the full limit applies after sign-in"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn connections_per_address_are_bounded() {
+    let env = with_limits("max_connections_per_ip = 3").await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(env.client().await);
+    }
+    assert!(WireClient::try_connect(env.addr(), &env.ca())
+        .await
+        .is_err());
+    let mut other = WireClient::connect_from(SECOND_ADDRESS, env.addr(), &env.ca())
+        .await
+        .expect("another address still gets in");
+    assert!(is_ok(
+        &other.command(rawdoc! { "ping": 1, "$db": "admin" }).await
+    ));
+    assert!(metric(
+        &env,
+        "mongo_oidc_proxy_connections_rejected_total{reason=\"connections_per_ip\"} 1"
+    ));
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(WireClient::try_connect(env.addr(), &env.ca()).await.is_ok());
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn the_five_minute_human_flow_wait_is_bounded_per_address() {
+    let env = with_limits("auth_timeout_secs = 2\nmax_pending_human_flows_per_ip = 1").await;
+    let step1 = sasl_start(&rawdoc! { "n": "alice" });
+    let mut first = env.client().await;
+    assert!(is_ok(&first.command(step1.clone()).await));
+    let mut second = env.client().await;
+    assert!(is_ok(&second.command(step1).await));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The first waits for its step 2; the second had no slot left.
+    assert!(is_ok(
+        &first.command(rawdoc! { "ping": 1, "$db": "admin" }).await
+    ));
+    second
+        .send_msg(0, &rawdoc! { "ping": 1, "$db": "admin" })
+        .await;
+    assert!(second.recv().await.is_none(), "no wait without a slot");
+    assert!(metric(
+        &env,
+        "mongo_oidc_proxy_limits_hit_total{limit=\"pending_human_flows_per_ip\"} 1"
+    ));
+    env.stop().await;
+}
+
+/// A token with a known kid and a signature of random bytes.
+fn forged(env: &ProxyEnv, i: usize) -> String {
+    let token = env.token(&format!("eve{i}"), &["writers"], 600);
+    let (signed, signature) = token.rsplit_once('.').expect("JWT");
+    let mut forged: Vec<u8> = signature.bytes().collect();
+    forged.reverse();
+    format!("{signed}.{}", String::from_utf8_lossy(&forged))
+}
+
+#[tokio::test]
+async fn failed_sign_ins_slow_down_and_close_the_connection() {
+    let env = with_limits("max_sign_in_failures_per_connection = 5").await;
+    let mut attacker = env.client().await;
+    let mut timings = Vec::new();
+    for i in 0..5 {
+        let started = Instant::now();
+        let r = attacker.sign_in(&forged(&env, i)).await;
+        timings.push(started.elapsed());
+        assert_eq!(error_of(&r), (18, "Authentication failed.".to_string()));
+    }
+    println!("forged-token replies took {timings:?}");
+    assert!(
+        timings[4] >= Duration::from_millis(350),
+        "the 5th failure waits: {timings:?}"
+    );
+    attacker
+        .send_msg(0, &rawdoc! { "ping": 1, "$db": "admin" })
+        .await;
+    assert!(attacker.recv().await.is_none(), "closed after 5 failures");
+    assert!(metric(
+        &env,
+        "mongo_oidc_proxy_connections_closed_total{reason=\"sign_in_failures\"} 1"
+    ));
+    assert!(metric(
+        &env,
+        "mongo_oidc_proxy_limits_hit_total{limit=\"sign_in_failure_delay\"}"
+    ));
+
+    // Another address is not slowed down.
+    let mut healthy = WireClient::connect_from(SECOND_ADDRESS, env.addr(), &env.ca())
+        .await
+        .expect("connect from 127.0.0.2");
+    let started = Instant::now();
+    assert!(is_ok(
+        &healthy
+            .sign_in(&env.token("alice", &["writers"], 600))
+            .await
+    ));
+    println!(
+        "healthy sign-in from another address took {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_token_flood_leaves_another_address_served() {
+    let env = with_limits("max_sign_in_failures_per_connection = 1000").await;
+    let baseline = {
+        let mut c = WireClient::connect_from(SECOND_ADDRESS, env.addr(), &env.ca())
+            .await
+            .expect("connect");
+        let started = Instant::now();
+        assert!(is_ok(
+            &c.sign_in(&env.token("alice", &["writers"], 600)).await
+        ));
+        started.elapsed()
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for worker in 0..2 {
+        let mut c = env.client().await;
+        let tokens: Vec<String> = (0..200).map(|i| forged(&env, worker * 1000 + i)).collect();
+        let stop = stop.clone();
+        flood.push(tokio::spawn(async move {
+            let mut sent = 0u32;
+            for t in tokens.iter().cycle() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let r = c.sign_in(t).await;
+                assert_eq!(error_of(&r).0, 18);
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut during = Vec::new();
+    for i in 0..5 {
+        let mut c = WireClient::connect_from(SECOND_ADDRESS, env.addr(), &env.ca())
+            .await
+            .expect("connect during the flood");
+        let started = Instant::now();
+        let r = c
+            .sign_in(&env.token(&format!("bob{i}"), &["writers"], 600))
+            .await;
+        during.push(started.elapsed());
+        assert!(is_ok(&r), "a healthy client signs in during the flood");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut refused = 0;
+    for f in flood {
+        refused += f.await.expect("flood task");
+    }
+    println!(
+        "forged-token flood: {refused} refusals in ~2.5 s from one address; healthy sign-in from another: baseline {baseline:?}, during {during:?}"
+    );
+    // The penalty caps a lone address at a few refusals a second.
+    assert!(refused < 100, "{refused} refusals: the delay did not apply");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_new_clients_are_refused_at_once_not_left_hanging() {
+    use support::proxy_process::ProxyProcess;
+    let env = ProxyEnv::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = support::free_port();
+    let config = env
+        .config_text
+        .replace(
+            "address = \"127.0.0.1:0\"",
+            &format!("address = \"127.0.0.1:{port}\""),
+        )
+        .replace("[limits]\n", "[limits]\nmax_connections = 40\n");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).expect("write config");
+    // 40 connections need 144 descriptors: they fit a limit of 160.
+    let p = ProxyProcess::start_under(&["prlimit", "--nofile=160:160", "--"], &path, port).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut refused = 0;
+    for _ in 0..20 {
+        use tokio::io::AsyncReadExt;
+        let mut extra = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut byte = [0u8; 1];
+        let started = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(2), extra.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                refused += 1;
+                assert!(started.elapsed() < Duration::from_secs(1));
+            }
+            other => panic!("a connection over the limit was not closed at once: {other:?}"),
+        }
+    }
+    assert_eq!(refused, 20);
+    let log = p.log();
+    assert!(
+        log.matches("accept failed").count() <= 10,
+        "no log storm at the limit:\n{log}"
+    );
+    drop(held);
+    env.stop().await;
+}
