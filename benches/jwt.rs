@@ -82,6 +82,8 @@ fn config(issuer: &str) -> IdentityProviderConfig {
         jwks_poll_secs: 0,
         jwks_min_quiesce_secs: 60,
         log_claims: vec!["iss".into(), "sub".into()],
+        tls_ca_file: None,
+        jwks_fetch_timeout_secs: 5,
     }
 }
 

@@ -8,6 +8,8 @@
 #                alone (checks deploy/prometheus/ in tests/observability.rs)
 # and, with apt-get as root, Debian's haproxy (the TCP load balancer of
 # tests/failover.rs) system-wide.
+#   tinyproxy    (Debian package, the one global install, as root only) the
+#                forward proxy tests/idp_network.rs sends IdP fetches through
 # Idempotent: each step writes a stamp file holding its pinned versions and is
 # skipped when the stamp matches. Needs python3 (with venv), node and npm.
 # Installs into $MOP_TOOLS when that is set, else <repo>/.tools. Ends by
@@ -149,6 +151,22 @@ elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         die "apt-get install haproxy failed"
 else
     die "haproxy is not installed and this is not a root shell with apt-get; install it (sudo apt-get install haproxy)"
+fi
+
+# --- tinyproxy: a real HTTPS forward proxy for the IdP egress tests ---------
+if command -v tinyproxy >/dev/null 2>&1; then
+    log "tinyproxy present ($(tinyproxy -v 2>&1 | head -n 1))"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing tinyproxy (apt-get) ..."
+    # The package lists may be missing on a fresh machine: update once, then retry.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy >/dev/null 2>&1 ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy >/dev/null; } ||
+        die "apt-get install tinyproxy failed"
+    command -v tinyproxy >/dev/null 2>&1 || die "tinyproxy missing from PATH after the install"
+else
+    # Everything else installs without root: say so, and let tests/idp_network.rs fail naming it.
+    echo "setup-tools: warning: tinyproxy is not installed and this is not a root Debian shell;" \
+        "install it (sudo apt-get install -y tinyproxy) or tests/idp_network.rs fails" >&2
 fi
 
 log "done. Environment for the test suite:"

@@ -57,7 +57,8 @@
 //! - [`server`]: listener, TLS ([`tls`]), connection limit, signals, reload,
 //!   drain; [`fdlimit`]: the file-descriptor limit against `max_connections`.
 //! - [`metrics`]: Prometheus registry, the metrics sink, `/metrics`,
-//!   `/healthz`, `/readyz`.
+//!   `/healthz`, `/readyz`; it reads [`readiness`] (the checks behind
+//!   `/readyz` and the background backend probe) at scrape time.
 //! - [`audit`]: the audit trail, a sink writing one JSON record per line
 //!   through a bounded queue ([`audit::record`] builds the records).
 //! - [`admin`]: the admin endpoints (`/admin/...` on the metrics address,
@@ -103,6 +104,7 @@ pub mod fdlimit;
 #[cfg(test)]
 mod layering;
 pub mod metrics;
+pub mod readiness;
 pub mod runtime;
 pub mod selftest;
 pub mod server;

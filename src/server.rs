@@ -19,7 +19,8 @@ use crate::admin::http::Reload;
 use crate::admission::Refusal;
 use crate::audit::Audit;
 use crate::config::{Config, ConfigError};
-use crate::metrics::{self, Metrics, MetricsSink};
+use crate::metrics::{self, Endpoints, Metrics, MetricsSink};
+use crate::readiness::Health;
 pub use crate::runtime::Reloaded;
 use crate::runtime::{Runtime, Shared, Stage};
 use crate::session::events::{LogSink, OperatorEvent, RateLimit, Sinks};
@@ -44,11 +45,15 @@ pub struct Running {
     pub local_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    /// What `/readyz` reports.
+    pub health: Arc<Health>,
     /// The audit sink: reloads reconfigure it, SIGUSR1 reopens its file.
     pub audit: Arc<Audit>,
     shared: Arc<Shared>,
     stage: watch::Sender<Stage>,
     task: tokio::task::JoinHandle<()>,
+    /// The operator endpoints and the backend probe, ended with the proxy.
+    background: Vec<tokio::task::JoinHandle<()>>,
     /// SIGHUP and `POST /admin/reload` both reload through it.
     reloader: Arc<Reloader>,
 }
@@ -68,6 +73,7 @@ impl Running {
         let _ = self.stage.send(Stage::Closing);
         let _ = self.task.await;
         self.audit.flush().await;
+        self.background.iter().for_each(|t| t.abort());
     }
 
     /// mongos's quiesce mode: stop accepting, answer hello with
@@ -79,7 +85,7 @@ impl Running {
             drain_secs = drain.as_secs(),
             "draining: no new connections; hello answers ShutdownInProgress (91)"
         );
-        self.metrics.set_ready(false);
+        // From here /readyz answers 503: the stage is what it reads.
         let _ = self.stage.send(Stage::Draining);
         let mut task = self.task;
         if tokio::time::timeout(drain, &mut task).await.is_err() {
@@ -89,6 +95,7 @@ impl Running {
         }
         // The sessions' last records are queued; the process exits next.
         self.audit.flush().await;
+        self.background.iter().for_each(|t| t.abort());
         info!("stopped");
     }
 
@@ -193,65 +200,57 @@ async fn start_at(config: Config, config_path: Option<PathBuf>) -> Result<Runnin
         audit.clone(),
     ]);
     let shared = Arc::new(Shared::new(runtime, sinks, stage_rx));
+    let health = Health::new(&shared);
+    metrics.watch(health.clone());
     let reloader = Arc::new(Reloader {
         shared: shared.clone(),
         audit: audit.clone(),
         config_path,
         reloading: Mutex::new(()),
     });
+    let mut background = Vec::new();
+    // Served before the keys load, so /healthz answers during start-up.
     let metrics_addr = match &metrics_config {
         Some(m) => {
+            let endpoints = Endpoints {
+                metrics: metrics.clone(),
+                health: health.clone(),
+            };
             // The admin endpoints answer 404 unless the runtime has [admin].
             let admin = crate::admin::http::router(shared.clone(), reloader.clone());
-            let (addr, _task) = metrics::serve_with(m.address, metrics.clone(), admin)
+            let (addr, task) = metrics::serve_with(m.address, endpoints, admin)
                 .await
                 .map_err(|e| StartError::Metrics {
                     addr: m.address,
                     detail: e.to_string(),
                 })?;
+            background.push(task);
             Some(addr)
         }
         None => None,
     };
-    let registry = shared.runtime.load().registry.clone();
-    registry.load_all().await;
+    shared.runtime.load().registry.load_all().await;
     metrics.stamp_config_loaded();
-    spawn_readiness_probe(shared.clone(), metrics.clone());
-    let task = tokio::spawn(accept_loop(listener, shared.clone(), metrics.clone()));
+    background.push(health.spawn_probe());
+    let task = tokio::spawn(accept_loop(
+        listener,
+        shared.clone(),
+        metrics.clone(),
+        health.listening(),
+    ));
     info!(address = %local_addr, metrics = ?metrics_addr, "mongo-oidc-proxy listening");
     Ok(Running {
         local_addr,
         metrics_addr,
         metrics,
+        health,
         audit,
         shared,
         stage,
         task,
+        background,
         reloader,
     })
-}
-
-/// Drivers cannot connect until the backend answers a probe; keep trying in
-/// the background so `/readyz` reflects it.
-fn spawn_readiness_probe(shared: Arc<Shared>, metrics: Arc<Metrics>) {
-    tokio::spawn(async move {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let backend = shared.runtime.load().backend.clone();
-            match backend.server_info().await {
-                Ok(_) => {
-                    metrics.set_ready(true);
-                    info!("backend answered; ready");
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, "backend not reachable yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    });
 }
 
 /// Counts open connections against the runtime's `max_connections`.
@@ -278,7 +277,12 @@ impl Drop for Slot {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Metrics>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    listening: crate::readiness::ListeningGuard,
+) {
     let mut sessions = JoinSet::new();
     let mut stage = shared.stage.clone();
     let open = Arc::new(AtomicUsize::new(0));
@@ -328,6 +332,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Me
     }
     // Dropping the listener refuses new connections at once.
     drop(listener);
+    drop(listening);
     // Draining: sessions end as their clients leave, or at the close.
     let all_ended = async { while sessions.join_next().await.is_some() {} };
     tokio::select! {

@@ -2,14 +2,15 @@
 //! does), the IdP lookup for a token (§1.3), and full token verification with
 //! a cache of verified tokens for pooled drivers.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
-use super::jwks::{self, JwksCache};
+use super::jwks::{self, CaBundle, JwksCache};
 use super::jwt::{self, ClaimRules, Claims};
 use super::{AuthFailure, Identity};
 use crate::config::{ConfigError, IdentityProviderConfig};
@@ -48,11 +49,29 @@ struct CachedToken {
     generation: u64,
 }
 
+/// Lookups in the verified-token cache. Shared by the registries a reload
+/// builds, so the counts run on across reloads.
+#[derive(Debug, Default)]
+pub struct TokenCacheStats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl TokenCacheStats {
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+}
+
 pub struct IdpRegistry {
     providers: Vec<Provider>,
     /// One cache per distinct issuer, shared by its providers.
     caches: Vec<Arc<JwksCache>>,
     verified: DashMap<[u8; 32], CachedToken>,
+    token_cache_stats: Arc<TokenCacheStats>,
     max_token_size: usize,
     /// Signature checks running at once: a flood of forged tokens occupies
     /// at most these runtime threads, so relays keep being served.
@@ -112,18 +131,35 @@ impl IdpRegistry {
             let jwks = match shared {
                 Some(shared) => shared,
                 None => {
-                    let cache = match previous.and_then(|p| p.cache_for(c)) {
+                    let ca_error = |m| ConfigError::new(field(i, "tls_ca_file"), m);
+                    let ca = c
+                        .tls_ca_file
+                        .as_deref()
+                        .map(CaBundle::read)
+                        .transpose()
+                        .map_err(ca_error)?;
+                    let digest = ca.as_ref().map(|b| b.digest);
+                    let timeout = Duration::from_secs(c.jwks_fetch_timeout_secs);
+                    let cache = match previous.and_then(|p| p.cache_for(c, timeout, digest)) {
                         Some(kept) => kept.clone(),
-                        None => Arc::new(
-                            JwksCache::new(
+                        None => {
+                            // A client's trust roots are fixed when it is built.
+                            let client = match &ca {
+                                Some(bundle) => {
+                                    jwks::http_client_trusting(&bundle.certs).map_err(ca_error)?
+                                }
+                                None => client.clone(),
+                            };
+                            let cache = JwksCache::new(
                                 &c.issuer,
                                 c.jwks_uri.as_deref(),
                                 c.jwks_min_quiesce_secs,
                                 c.jwks_poll_secs,
-                                client.clone(),
+                                client,
                             )
-                            .map_err(|e| ConfigError::new(field(i, "issuer"), e.to_string()))?,
-                        ),
+                            .map_err(|e| ConfigError::new(field(i, "issuer"), e.to_string()))?;
+                            Arc::new(cache.with_fetch_timeout(timeout).with_ca_digest(digest))
+                        }
                     };
                     caches.push(cache.clone());
                     cache
@@ -140,21 +176,34 @@ impl IdpRegistry {
             providers,
             caches,
             verified: DashMap::new(),
+            token_cache_stats: previous
+                .map(|p| p.token_cache_stats.clone())
+                .unwrap_or_default(),
             max_token_size: jwt::DEFAULT_MAX_TOKEN_SIZE,
             verifying: tokio::sync::Semaphore::new(verification_slots()),
         })
     }
 
     /// The cache an IdP config may keep from this registry.
-    fn cache_for(&self, c: &IdentityProviderConfig) -> Option<&Arc<JwksCache>> {
+    fn cache_for(
+        &self,
+        c: &IdentityProviderConfig,
+        timeout: Duration,
+        ca_digest: Option<[u8; 32]>,
+    ) -> Option<&Arc<JwksCache>> {
         self.caches.iter().find(|cache| {
             cache.serves(
                 &c.issuer,
                 c.jwks_uri.as_deref(),
                 c.jwks_min_quiesce_secs,
                 c.jwks_poll_secs,
-            )
+            ) && cache.fetches_like(timeout, ca_digest)
         })
+    }
+
+    /// Hits and misses of the verified-token cache.
+    pub fn token_cache_stats(&self) -> &TokenCacheStats {
+        &self.token_cache_stats
     }
 
     /// The fingerprint of IdP `idp`'s config.
@@ -293,7 +342,13 @@ impl IdpRegistry {
             return Err(AuthFailure::TokenTooLarge(self.max_token_size));
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(identity) = self.cached(&digest, step1, now)? {
+        let cached = self.cached(&digest, step1, now);
+        let counter = match &cached {
+            Ok(None) => &self.token_cache_stats.misses,
+            _ => &self.token_cache_stats.hits,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(identity) = cached? {
             return Ok(identity);
         }
         let (identity, nbf) = self.verify_uncached(token, step1, now).await?;
@@ -497,6 +552,8 @@ mod tests {
             jwks_poll_secs: 0,
             jwks_min_quiesce_secs: 60,
             log_claims: vec!["iss".into(), "sub".into()],
+            tls_ca_file: None,
+            jwks_fetch_timeout_secs: 5,
         }
     }
 
@@ -779,6 +836,11 @@ mod tests {
         assert_eq!(r2.cached_tokens(), 1);
         assert_eq!(r2.verify_at(&token, None, NOW + 10).await.unwrap(), first);
         assert_eq!(r2.cached_tokens(), 1);
+        let stats = r2.token_cache_stats();
+        assert_eq!((stats.hits(), stats.misses()), (1, 1));
+        // A reload's registry counts on.
+        let r3 = IdpRegistry::rebuild(&[idp(&base, None, true)], Some(&r2)).unwrap();
+        assert_eq!(r3.token_cache_stats().hits(), 1);
         let hint = Some(Step1 {
             idp: 0,
             hint: Some("eve@example.com"),
@@ -800,6 +862,47 @@ mod tests {
             r2.verify_at(&token, None, NOW).await,
             Err(AuthFailure::UnknownKey(_))
         ));
+    }
+
+    #[test]
+    fn tls_ca_file_is_read_when_the_registry_is_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = mongo_oidc_proxy_devkit::devcerts::generate(dir.path(), &[]).unwrap();
+        let with_ca = |path: &std::path::Path| {
+            let mut c = idp("https://idp.example.com", None, true);
+            c.tls_ca_file = Some(path.to_path_buf());
+            IdpRegistry::rebuild(&[c], None)
+        };
+        assert!(with_ca(&certs.ca_cert).is_ok());
+        let missing = dir.path().join("nope.pem");
+        let err = with_ca(&missing).err().unwrap();
+        assert_eq!(err.field, "identity_provider[0].tls_ca_file");
+        assert!(
+            err.message
+                .starts_with(&format!("cannot read '{}'", missing.display())),
+            "{err}"
+        );
+        let err = with_ca(&certs.server_key).err().unwrap();
+        assert_eq!(err.field, "identity_provider[0].tls_ca_file");
+        assert!(err.message.contains("holds no certificate"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_cache_only_while_fetching_is_unchanged() {
+        let mut c = idp("https://idp.example.com", None, true);
+        let first = IdpRegistry::rebuild(std::slice::from_ref(&c), None).unwrap();
+        let same = IdpRegistry::rebuild(std::slice::from_ref(&c), Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&first.caches[0], &same.caches[0]));
+        c.jwks_fetch_timeout_secs = 9;
+        let slower = IdpRegistry::rebuild(std::slice::from_ref(&c), Some(&first)).unwrap();
+        assert!(!Arc::ptr_eq(&first.caches[0], &slower.caches[0]));
+        let dir = tempfile::tempdir().unwrap();
+        let certs = mongo_oidc_proxy_devkit::devcerts::generate(dir.path(), &[]).unwrap();
+        c.tls_ca_file = Some(certs.ca_cert.clone());
+        let with_ca = IdpRegistry::rebuild(std::slice::from_ref(&c), Some(&slower)).unwrap();
+        assert!(!Arc::ptr_eq(&slower.caches[0], &with_ca.caches[0]));
+        let again = IdpRegistry::rebuild(std::slice::from_ref(&c), Some(&with_ca)).unwrap();
+        assert!(Arc::ptr_eq(&with_ca.caches[0], &again.caches[0]));
     }
 
     #[tokio::test]

@@ -2,13 +2,18 @@
 //!
 //! Verification reads the current [`KeySet`] through an `ArcSwap`, so it never
 //! waits on the network; only a token whose `kid` is unknown may trigger a
-//! just-in-time fetch, at most once per quiesce period.
+//! just-in-time fetch, at most once per quiesce period. One fetch (discovery
+//! and JWKS together) is bounded by the issuer's fetch timeout, and so is
+//! everything an unknown-`kid` sign-in waits for, a refresh already running
+//! included. Fetch outcomes are kept on the cache ([`JwksCache::stats`]) for
+//! readiness and metrics to read; this module knows neither.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use base64::alphabet::URL_SAFE;
@@ -20,6 +25,8 @@ use rsa::{BigUint, RsaPublicKey};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use rustls_pki_types::CertificateDer;
+
 use super::AuthFailure;
 
 /// Smallest RSA modulus accepted, as MongoDB does.
@@ -29,7 +36,11 @@ pub const MAX_RSA_BITS: usize = RsaPublicKey::MAX_SIZE;
 /// Cap on a discovery or JWKS response body.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on one key fetch (config `jwks_fetch_timeout_secs`).
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// A per-request safety net at the largest configurable fetch timeout; each
+/// cache bounds its fetches by its own, shorter, timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 // JWK members are specified unpadded, but some IdPs pad them anyway.
 const JWK_B64: GeneralPurpose = GeneralPurpose::new(
@@ -51,6 +62,8 @@ pub enum JwksError {
     Http { url: String, message: String },
     #[error("discovery document at '{url}' is not valid: {message}")]
     Discovery { url: String, message: String },
+    #[error("fetching the keys of '{issuer}' did not finish within {ms} ms")]
+    Timeout { issuer: String, ms: u128 },
 }
 
 /// Which curve or family a key belongs to; decides which `alg`s it may verify.
@@ -302,14 +315,62 @@ fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
-/// The HTTP client shared by every issuer's cache.
+/// The HTTP client of issuers that trust the system's roots only.
 pub fn http_client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+    http_client_trusting(&[])
+}
+
+/// An HTTP client for IdP fetches that also trusts `extra_roots`. Like any
+/// reqwest client it goes through `HTTPS_PROXY`/`https_proxy` (and
+/// `HTTP_PROXY` for loopback `http://` IdPs) unless `NO_PROXY` names the
+/// host; the variables are read when the client is built.
+pub fn http_client_trusting(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(TOTAL_TIMEOUT)
-        .redirect(redirect_policy())
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(redirect_policy());
+    for der in extra_roots {
+        let cert = reqwest::Certificate::from_der(der)
+            .map_err(|e| format!("cannot use a CA certificate: {e}"))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// A PEM bundle of CA certificates an IdP's server certificate may chain to.
+#[derive(Debug, Clone)]
+pub struct CaBundle {
+    pub certs: Vec<CertificateDer<'static>>,
+    /// SHA-256 of the file: a reload keeps a cache only while it is unchanged.
+    pub digest: [u8; 32],
+}
+
+impl CaBundle {
+    /// Reads `path`; refuses a file that cannot be read, is not PEM, or holds
+    /// no certificate. The message says what to do.
+    pub fn read(path: &Path) -> Result<CaBundle, String> {
+        use rustls_pki_types::pem::PemObject;
+        use sha2::{Digest, Sha256};
+        let shown = path.display();
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read '{shown}': {e}"))?;
+        let certs = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("'{shown}' is not a valid PEM file: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "'{shown}' holds no certificate: give a PEM file with the CA certificate(s) \
+                 (-----BEGIN CERTIFICATE-----) that issued the IdP's server certificate"
+            ));
+        }
+        Ok(CaBundle {
+            certs,
+            digest: Sha256::digest(&bytes).into(),
+        })
+    }
 }
 
 /// A few redirects, never to a URL we would refuse to be configured with
@@ -340,6 +401,28 @@ struct FetchState {
     last_attempt: Option<Instant>,
 }
 
+/// What the fetches of one issuer did, for readiness and metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FetchStats {
+    pub attempts: u64,
+    pub successes: u64,
+    pub failures: u64,
+    /// Keys in the current set.
+    pub keys: usize,
+    /// Unix time of the last successful fetch; `None` until one succeeded.
+    pub last_success_unix: Option<f64>,
+    /// Why the last fetch failed, when it did (cleared by a success).
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Outcomes {
+    successes: u64,
+    failures: u64,
+    last_success_unix: Option<f64>,
+    last_error: Option<String>,
+}
+
 /// The cached key set of one issuer.
 pub struct JwksCache {
     issuer: String,
@@ -348,10 +431,14 @@ pub struct JwksCache {
     quiesce: Duration,
     max_body: usize,
     poll: Duration,
+    fetch_timeout: Duration,
+    /// Digest of the extra CA bundle the client trusts, if any.
+    ca_digest: Option<[u8; 32]>,
     keys: ArcSwap<KeySet>,
     fetch: tokio::sync::Mutex<FetchState>,
     generation: AtomicU64,
     fetches: AtomicU64,
+    outcomes: Mutex<Outcomes>,
     poller: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
 }
 
@@ -390,12 +477,46 @@ impl JwksCache {
             quiesce: Duration::from_secs(quiesce_secs),
             poll: Duration::from_secs(poll_secs),
             max_body: DEFAULT_MAX_BODY,
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            ca_digest: None,
             keys: ArcSwap::from_pointee(KeySet::default()),
             fetch: tokio::sync::Mutex::new(FetchState { last_attempt: None }),
             generation: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
+            outcomes: Mutex::new(Outcomes::default()),
             poller: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Bounds each fetch, and each unknown-`kid` wait, by `timeout`.
+    pub fn with_fetch_timeout(mut self, timeout: Duration) -> JwksCache {
+        self.fetch_timeout = timeout;
+        self
+    }
+
+    /// Records which extra CA bundle the client trusts ([`JwksCache::fetches_like`]).
+    pub fn with_ca_digest(mut self, digest: Option<[u8; 32]>) -> JwksCache {
+        self.ca_digest = digest;
+        self
+    }
+
+    /// Whether a reloaded IdP config fetches the same way (same timeout,
+    /// same extra CA bundle), so that it may keep this cache.
+    pub fn fetches_like(&self, timeout: Duration, ca_digest: Option<[u8; 32]>) -> bool {
+        self.fetch_timeout == timeout && self.ca_digest == ca_digest
+    }
+
+    /// The fetches' outcomes so far and the current key count.
+    pub fn stats(&self) -> FetchStats {
+        let o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        FetchStats {
+            attempts: self.fetch_count(),
+            successes: o.successes,
+            failures: o.failures,
+            keys: self.keys.load().len(),
+            last_success_unix: o.last_success_unix,
+            last_error: o.last_error.clone(),
+        }
     }
 
     /// Whether a reloaded IdP config may keep this cache.
@@ -456,7 +577,7 @@ impl JwksCache {
     /// Start-up load and forced refresh: ignores the quiesce period.
     pub async fn load(&self) -> Result<(), JwksError> {
         let mut state = self.fetch.lock().await;
-        self.fetch_and_swap(&mut state).await
+        self.fetch_and_swap(&mut state, self.fetch_timeout).await
     }
 
     /// `oidcRefreshKeys`: fetches now, ignoring the quiesce period. A failed
@@ -464,7 +585,7 @@ impl JwksCache {
     /// keys are dropped as by [`JwksCache::flush`], as mongod does.
     pub async fn refresh_now(&self, invalidate_on_failure: bool) -> Result<(), JwksError> {
         let mut state = self.fetch.lock().await;
-        let result = self.fetch_and_swap(&mut state).await;
+        let result = self.fetch_and_swap(&mut state, self.fetch_timeout).await;
         if result.is_err() && invalidate_on_failure {
             self.drop_keys();
         }
@@ -486,7 +607,7 @@ impl JwksCache {
     pub async fn revoke(&self) -> Result<Arc<KeySet>, JwksError> {
         let mut state = self.fetch.lock().await;
         self.drop_keys();
-        self.fetch_and_swap(&mut state).await?;
+        self.fetch_and_swap(&mut state, self.fetch_timeout).await?;
         Ok(self.keys())
     }
 
@@ -497,15 +618,26 @@ impl JwksCache {
     }
 
     /// The key for `kid`, refreshing just in time when it is unknown and the
-    /// last attempted fetch is older than the quiesce period.
+    /// last attempted fetch is older than the quiesce period. Waits at most
+    /// the fetch timeout in all: a fetch already running (a poll, another
+    /// sign-in's refresh) is waited for within the same deadline, so
+    /// overlapping refreshes never add up.
     pub async fn key_for(&self, kid: &str) -> Result<Arc<Key>, AuthFailure> {
         if let Some(key) = self.keys.load().get(kid) {
             return Ok(key.clone());
         }
-        let mut state = self.fetch.lock().await;
+        let deadline = tokio::time::Instant::now() + self.fetch_timeout;
+        let Ok(mut state) = tokio::time::timeout_at(deadline, self.fetch.lock()).await else {
+            return self.known(kid).ok_or_else(|| {
+                AuthFailure::UnknownKey(format!(
+                    "Unknown JWT keyId '{kid}'; a JWKS refresh was still running after {} ms",
+                    self.fetch_timeout.as_millis()
+                ))
+            });
+        };
         // A concurrent miss may have fetched while this task waited.
-        if let Some(key) = self.keys.load().get(kid) {
-            return Ok(key.clone());
+        if let Some(key) = self.known(kid) {
+            return Ok(key);
         }
         let quiet = state
             .last_attempt
@@ -515,19 +647,51 @@ impl JwksCache {
                 "Unknown JWT keyId '{kid}'; skipping refresh due to IdP quiesce"
             )));
         }
-        if let Err(e) = self.fetch_and_swap(&mut state).await {
+        let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Err(e) = self.fetch_and_swap(&mut state, budget).await {
             tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed, keeping the old keys");
         }
-        let keys = self.keys.load();
-        keys.get(kid)
-            .cloned()
+        self.known(kid)
             .ok_or_else(|| AuthFailure::UnknownKey(format!("Unknown JWT keyId '{kid}'")))
     }
 
-    async fn fetch_and_swap(&self, state: &mut FetchState) -> Result<(), JwksError> {
+    fn known(&self, kid: &str) -> Option<Arc<Key>> {
+        self.keys.load().get(kid).cloned()
+    }
+
+    /// One fetch within `budget`; its outcome is recorded for [`JwksCache::stats`].
+    async fn fetch_and_swap(
+        &self,
+        state: &mut FetchState,
+        budget: Duration,
+    ) -> Result<(), JwksError> {
         state.last_attempt = Some(Instant::now());
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let new = self.fetch_keys().await?;
+        let fetched = match tokio::time::timeout(budget, self.fetch_keys()).await {
+            Ok(result) => result,
+            Err(_) => Err(JwksError::Timeout {
+                issuer: self.issuer.clone(),
+                ms: budget.as_millis(),
+            }),
+        };
+        let mut outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        let new = match fetched {
+            Ok(new) => {
+                outcomes.successes += 1;
+                outcomes.last_success_unix = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64());
+                outcomes.last_error = None;
+                new
+            }
+            Err(e) => {
+                outcomes.failures += 1;
+                outcomes.last_error = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        drop(outcomes);
         let old = self.keys.load();
         if old.lost_keys_in(&new) {
             self.generation.fetch_add(1, Ordering::AcqRel);
@@ -603,7 +767,7 @@ pub async fn get_capped(
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(causes(&e)))?;
     if !resp.status().is_success() {
         return Err(fail(format!("HTTP status {}", resp.status())));
     }
@@ -612,13 +776,29 @@ pub async fn get_capped(
         return Err(too_large());
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| fail(causes(&e)))? {
         if body.len() + chunk.len() > max {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// An error with its causes: reqwest's own text ("error sending request")
+/// leaves out what the operator needs (refused, certificate, proxy).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Keys, signed tokens and a local IdP for the auth tests.
@@ -1220,6 +1400,164 @@ mod tests {
             matches!(&err, JwksError::Http { message, .. }
             if message == "response is larger than 1000 bytes"),
             "{err}"
+        );
+    }
+
+    /// An HTTP server on 127.0.0.1 that reads each request and then runs
+    /// `answer` on the socket (hang, trickle, ...); returns its base URL.
+    async fn raw_server<F, Fut>(answer: F) -> String
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let answer = Arc::new(answer);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    answer(sock).await;
+                });
+            }
+        });
+        base
+    }
+
+    async fn hang(sock: tokio::net::TcpStream) {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(sock);
+    }
+
+    #[tokio::test]
+    async fn a_hanging_idp_fails_the_fetch_at_the_timeout() {
+        let base = raw_server(hang).await;
+        let cache = JwksCache::new(&base, None, 0, 0, client())
+            .unwrap()
+            .with_fetch_timeout(Duration::from_millis(300));
+        let started = Instant::now();
+        let err = cache.load().await.unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(
+            err,
+            JwksError::Timeout {
+                issuer: base.clone(),
+                ms: 300
+            }
+        );
+        assert!(took < Duration::from_millis(600), "took {took:?}");
+        let stats = cache.stats();
+        assert_eq!((stats.attempts, stats.successes, stats.failures), (1, 0, 1));
+        assert_eq!(
+            stats.last_error.as_deref(),
+            Some(format!("fetching the keys of '{base}' did not finish within 300 ms").as_str())
+        );
+        assert_eq!(stats.last_success_unix, None);
+    }
+
+    /// A body that trickles in a byte at a time never ends the fetch by
+    /// itself: the total time is what bounds it.
+    #[tokio::test]
+    async fn a_trickling_idp_is_bounded_in_total_time() {
+        use tokio::io::AsyncWriteExt;
+        let base = raw_server(|mut sock| async move {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n";
+            if sock.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for _ in 0..100_000 {
+                if sock.write_all(b" ").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        let cache = JwksCache::new(&base, Some(&format!("{base}/jwks")), 0, 0, client())
+            .unwrap()
+            .with_fetch_timeout(Duration::from_millis(500));
+        let started = Instant::now();
+        assert!(matches!(
+            cache.load().await,
+            Err(JwksError::Timeout { ms: 500, .. })
+        ));
+        assert!(started.elapsed() < Duration::from_millis(900));
+    }
+
+    /// A poll holding the fetch lock used to make an unknown-kid sign-in
+    /// wait for it and then for a fetch of its own: two timeouts.
+    #[tokio::test]
+    async fn an_unknown_kid_waits_one_timeout_in_all_behind_a_running_fetch() {
+        let base = raw_server(hang).await;
+        let timeout = Duration::from_millis(1000);
+        let cache = Arc::new(
+            JwksCache::new(&base, None, 0, 0, client())
+                .unwrap()
+                .with_fetch_timeout(timeout),
+        );
+        let poll = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.load().await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let err = cache.key_for("k").await.unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, AuthFailure::UnknownKey(_)), "{err}");
+        assert!(
+            took <= timeout + Duration::from_millis(300),
+            "took {took:?}"
+        );
+        assert!(poll.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn stats_count_successes_and_keys() {
+        let a = rsa_key("a", Algorithm::RS256);
+        let (base, state) = serve_idp(jwks_of(&[&a])).await;
+        let cache = JwksCache::new(&base, None, 0, 0, client()).unwrap();
+        cache.load().await.unwrap();
+        state.lock().unwrap().jwks = "garbage".into();
+        assert!(matches!(cache.load().await, Err(JwksError::Format(_))));
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.attempts, stats.successes, stats.failures, stats.keys),
+            (2, 1, 1, 1)
+        );
+        assert!(stats.last_success_unix.is_some_and(|t| t > 1.7e9));
+        assert!(stats
+            .last_error
+            .is_some_and(|e| e.starts_with("JWKS is not valid")));
+        state.lock().unwrap().jwks = jwks_of(&[&a]);
+        cache.load().await.unwrap();
+        assert_eq!(cache.stats().last_error, None, "a success clears the error");
+    }
+
+    #[test]
+    fn ca_bundles_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = mongo_oidc_proxy_devkit::devcerts::generate(dir.path(), &[]).unwrap();
+        let bundle = CaBundle::read(&paths.ca_cert).unwrap();
+        assert_eq!(bundle.certs.len(), 1);
+        assert!(http_client_trusting(&bundle.certs).is_ok());
+        let missing = dir.path().join("missing.pem");
+        assert!(CaBundle::read(&missing)
+            .unwrap_err()
+            .starts_with(&format!("cannot read '{}': ", missing.display())));
+        let key_only = CaBundle::read(&paths.server_key).unwrap_err();
+        assert_eq!(
+            key_only,
+            format!(
+                "'{}' holds no certificate: give a PEM file with the CA certificate(s) \
+                 (-----BEGIN CERTIFICATE-----) that issued the IdP's server certificate",
+                paths.server_key.display()
+            )
         );
     }
 

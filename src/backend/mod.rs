@@ -226,6 +226,48 @@ impl Backend {
         Ok(Arc::clone(&self.discover().await?.info))
     }
 
+    /// Readiness: a fresh unauthenticated `hello`, never answered from the
+    /// cache. It asks the primary found before; when there is none yet, or
+    /// that one stopped answering, it looks for one across the seed list
+    /// (caching it only when nothing was cached, as [`Backend::server_info`]
+    /// would). The whole check is bounded by the connect timeout.
+    pub async fn health_check(&self) -> Result<(), BackendError> {
+        let check = async {
+            let known = self
+                .discovered
+                .lock()
+                .await
+                .as_ref()
+                .map(|d| d.primary.clone());
+            match known {
+                Some((host, port)) => match self.probe(&host, port).await {
+                    Ok(_) => Ok(()),
+                    Err(_) => self.find_primary().await.map(|_| ()),
+                },
+                None => self.discover().await.map(|_| ()),
+            }
+        };
+        let ms = self.connect_timeout.as_millis() as u64;
+        tokio::time::timeout(self.connect_timeout, check)
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackendError::ConnectTimeout {
+                    addr: self.seed_list(),
+                    ms,
+                })
+            })
+    }
+
+    fn seed_list(&self) -> String {
+        let hosts: Vec<String> = self
+            .settings
+            .hosts
+            .iter()
+            .map(|(h, p)| HostPort(h, *p).to_string())
+            .collect();
+        hosts.join(",")
+    }
+
     /// `host:port` of the primary (discovering it if needed), for logs and health checks.
     pub async fn primary(&self) -> Result<String, BackendError> {
         let d = self.discover().await?;
@@ -577,6 +619,52 @@ mod tests {
         });
         let b = Backend::new(&config(&format!("mongodb://127.0.0.1:{port}/"))).unwrap();
         let e = b.server_info().await.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "backend: no writable primary found; backend 127.0.0.1:{port}: the handshake \
+                 (hello and authentication) did not finish within 300 ms; is the server overloaded?"
+            )
+        );
+    }
+
+    /// Unlike `server_info`, every health check talks to the server.
+    #[tokio::test]
+    async fn health_checks_ask_the_server_every_time() {
+        let hellos = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hellos.clone();
+        let hello = mock::hello(rawdoc! { "isWritablePrimary": true });
+        let port = mock::serve(Arc::new(move |name, _| match name {
+            "hello" => {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                mock::MockReply::Doc(hello.clone())
+            }
+            "buildInfo" => mock::MockReply::Doc(rawdoc! { "version": "7.0.0", "ok": 1 }),
+            _ => mock::MockReply::Close,
+        }))
+        .await;
+        let b = Backend::new(&config(&format!("mongodb://127.0.0.1:{port}/"))).unwrap();
+        b.health_check().await.unwrap();
+        b.server_info().await.unwrap();
+        b.health_check().await.unwrap();
+        b.health_check().await.unwrap();
+        assert_eq!(hellos.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_fails_the_health_check_at_the_connect_timeout() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _accept = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let b = Backend::new(&config(&format!("mongodb://127.0.0.1:{port}/"))).unwrap();
+        let started = std::time::Instant::now();
+        let e = b.health_check().await.unwrap_err().to_string();
+        assert!(started.elapsed() < Duration::from_millis(1000));
         assert_eq!(
             e,
             format!(

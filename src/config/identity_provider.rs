@@ -5,6 +5,8 @@ use super::{ConfigError, IdentityProviderConfig};
 
 /// Shortest non-zero JWKS poll period, as MongoDB requires.
 pub(crate) const MIN_POLL_SECS: u64 = 10;
+/// Longest `jwks_fetch_timeout_secs`: a sign-in waits this long at most.
+pub(crate) const MAX_FETCH_TIMEOUT_SECS: u64 = 60;
 
 fn err(i: usize, name: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::new(format!("identity_provider[{i}].{name}"), message)
@@ -39,6 +41,28 @@ fn validate_one(i: usize, c: &IdentityProviderConfig) -> Result<(), ConfigError>
                 "must be 0 (no periodic refresh) or at least {MIN_POLL_SECS} seconds, got {}",
                 c.jwks_poll_secs
             ),
+        ));
+    }
+    if !(1..=MAX_FETCH_TIMEOUT_SECS).contains(&c.jwks_fetch_timeout_secs) {
+        return Err(err(
+            i,
+            "jwks_fetch_timeout_secs",
+            format!(
+                "must be between 1 and {MAX_FETCH_TIMEOUT_SECS} seconds (a sign-in with an \
+                 unknown key waits this long at most), got {}",
+                c.jwks_fetch_timeout_secs
+            ),
+        ));
+    }
+    if c.tls_ca_file
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return Err(err(
+            i,
+            "tls_ca_file",
+            "must not be empty: name a PEM file of CA certificates, or omit it to trust the \
+             system's roots only",
         ));
     }
     Ok(())
@@ -245,6 +269,13 @@ fn check_same_issuer_settings(idps: &[IdentityProviderConfig]) -> Result<(), Con
             ))
         } else if first.jwks_uri != c.jwks_uri {
             Some(("jwks_uri", format!("{:?}", first.jwks_uri)))
+        } else if first.tls_ca_file != c.tls_ca_file {
+            Some(("tls_ca_file", format!("{:?}", first.tls_ca_file)))
+        } else if first.jwks_fetch_timeout_secs != c.jwks_fetch_timeout_secs {
+            Some((
+                "jwks_fetch_timeout_secs",
+                first.jwks_fetch_timeout_secs.to_string(),
+            ))
         } else {
             None
         };
@@ -282,6 +313,8 @@ mod tests {
             jwks_poll_secs: 0,
             jwks_min_quiesce_secs: 60,
             log_claims: vec!["iss".into(), "sub".into()],
+            tls_ca_file: None,
+            jwks_fetch_timeout_secs: 5,
         }
     }
 
@@ -319,6 +352,8 @@ mod tests {
             one(|c| c.auth_name_prefix = "_-_".into()),
             one(|c| c.auth_name_prefix = "my-prefix".into()),
             one(|c| c.jwks_poll_secs = 10),
+            one(|c| c.jwks_fetch_timeout_secs = 60),
+            one(|c| c.tls_ca_file = Some("/etc/ssl/private-ca.pem".into())),
             one(|c| {
                 c.use_authorization_claim = false;
                 c.authorization_claim = String::new();
@@ -440,6 +475,22 @@ mod tests {
                 "must be 0 (no periodic refresh) or at least 10 seconds, got 9",
             ),
             (one(|c| c.jwks_poll_secs = 1), f("jwks_poll_secs"), "got 1"),
+            (
+                one(|c| c.jwks_fetch_timeout_secs = 0),
+                f("jwks_fetch_timeout_secs"),
+                "must be between 1 and 60 seconds (a sign-in with an unknown key waits this \
+                 long at most), got 0",
+            ),
+            (
+                one(|c| c.jwks_fetch_timeout_secs = 61),
+                f("jwks_fetch_timeout_secs"),
+                "got 61",
+            ),
+            (
+                one(|c| c.tls_ca_file = Some("".into())),
+                f("tls_ca_file"),
+                "must not be empty",
+            ),
         ];
         for (configs, field, says) in cases {
             assert_refused(&configs, &field, says);
@@ -504,6 +555,16 @@ mod tests {
             &pair(&|c| c.jwks_uri = Some("https://a.example/keys".into())),
             "identity_provider[1].jwks_uri",
             "must equal identity_provider[0].jwks_uri",
+        );
+        assert_refused(
+            &pair(&|c| c.tls_ca_file = Some("ca.pem".into())),
+            "identity_provider[1].tls_ca_file",
+            "must equal identity_provider[0].tls_ca_file (None)",
+        );
+        assert_refused(
+            &pair(&|c| c.jwks_fetch_timeout_secs = 9),
+            "identity_provider[1].jwks_fetch_timeout_secs",
+            "must equal identity_provider[0].jwks_fetch_timeout_secs (5)",
         );
     }
 }

@@ -113,6 +113,14 @@ pub struct IdentityProviderConfig {
     pub jwks_min_quiesce_secs: u64,
     #[serde(default = "default_log_claims")]
     pub log_claims: Vec<String>,
+    /// PEM bundle added to the system's trust roots for this IdP's discovery
+    /// and JWKS fetches (an IdP behind a private CA).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Longest one key fetch (discovery and JWKS together) may take; also
+    /// the longest a sign-in with an unknown `kid` waits for one.
+    #[serde(default = "default_jwks_fetch_timeout_secs")]
+    pub jwks_fetch_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,6 +340,12 @@ fn default_true() -> bool {
 fn default_quiesce() -> u64 {
     60
 }
+/// Default of `jwks_fetch_timeout_secs`.
+pub const DEFAULT_JWKS_FETCH_TIMEOUT_SECS: u64 = 5;
+
+fn default_jwks_fetch_timeout_secs() -> u64 {
+    DEFAULT_JWKS_FETCH_TIMEOUT_SECS
+}
 fn default_log_claims() -> Vec<String> {
     vec!["iss".into(), "sub".into()]
 }
@@ -374,6 +388,10 @@ impl Config {
             config.resolve_paths(dir);
         }
         config.apply_mongodb_json()?;
+        if let Some(dir) = dir {
+            // After the JSON mapping, so that serverCAFile is resolved too.
+            config.resolve_idp_paths(dir);
+        }
         validate::validate(&config)?;
         Ok(config)
     }
@@ -406,6 +424,14 @@ impl Config {
                 (None, None) => Vec::new(),
             };
         Ok(())
+    }
+
+    fn resolve_idp_paths(&mut self, dir: &Path) {
+        for idp in &mut self.identity_provider {
+            if let Some(ca) = idp.tls_ca_file.as_mut().filter(|p| p.is_relative()) {
+                *ca = dir.join(&*ca);
+            }
+        }
     }
 
     fn resolve_paths(&mut self, dir: &Path) {
@@ -487,6 +513,18 @@ backend_password_env = "DBA_PASSWORD"
         std::fs::write(&path, GOOD).unwrap();
         let c = Config::load(&path).unwrap();
         assert_eq!(c.listen.tls_cert, dir.path().join("certs/server.pem"));
+        assert_eq!(c.identity_provider[0].tls_ca_file, None);
+        assert_eq!(c.identity_provider[0].jwks_fetch_timeout_secs, 5);
+        let with_ca = GOOD.replace(
+            "client_id = \"abc\"",
+            "client_id = \"abc\"\ntls_ca_file = \"idp-ca.pem\"",
+        );
+        std::fs::write(&path, with_ca).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(
+            c.identity_provider[0].tls_ca_file,
+            Some(dir.path().join("idp-ca.pem"))
+        );
     }
 
     fn error_for(edit: impl Fn(&str) -> String) -> String {

@@ -22,6 +22,8 @@
 //! - `JWKSPollSecs` defaults to 86400 (mongod's default), not 0.
 //! - `jwks_uri` and `jwks_min_quiesce_secs` cannot be set (mongod has no such
 //!   IdP fields): keys come from discovery, the quiesce period is 60 s.
+//! - Percona Server for MongoDB's `serverCAFile` is accepted as `tls_ca_file`
+//!   (relative paths are resolved against the config file's directory).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -39,9 +41,9 @@ pub(super) const FILE_KEY: &str = "identity_providers_file";
 /// mongod's default `JWKSPollSecs`.
 pub(crate) const MONGOD_DEFAULT_POLL_SECS: u64 = 86_400;
 
-/// Every field of mongod's GA `OIDCIdentityProviderConfig`, with the
-/// `IdentityProviderConfig` field it maps onto.
-const FIELDS: [(&str, &str); 12] = [
+/// Every field of mongod's GA `OIDCIdentityProviderConfig` (and Percona's
+/// `serverCAFile`), with the `IdentityProviderConfig` field it maps onto.
+const FIELDS: [(&str, &str); 13] = [
     ("issuer", "issuer"),
     ("audience", "audience"),
     ("authNamePrefix", "auth_name_prefix"),
@@ -54,6 +56,7 @@ const FIELDS: [(&str, &str); 12] = [
     ("supportsHumanFlows", "supports_human_flows"),
     ("JWKSPollSecs", "jwks_poll_secs"),
     ("logClaims", "log_claims"),
+    ("serverCAFile", "tls_ca_file"),
 ];
 
 /// Parses the JSON text of `identity_providers_json` (or the file's contents;
@@ -295,6 +298,8 @@ fn map_one(
         log_claims: el
             .strings(obj, "logClaims")?
             .unwrap_or_else(super::default_log_claims),
+        tls_ca_file: el.string(obj, "serverCAFile")?.map(Into::into),
+        jwks_fetch_timeout_secs: super::default_jwks_fetch_timeout_secs(),
     })
 }
 
@@ -304,9 +309,6 @@ fn unknown_field_message(name: &str) -> String {
         format!(" (field names are case-sensitive: did you mean '{f}'?)")
     } else {
         match name {
-            "serverCAFile" => " (Percona's serverCAFile is not supported: the proxy verifies \
-                               the IdP with the system's trusted roots)"
-                .to_string(),
             "JWKSUri" | "jwks_uri" => " (to fetch keys from a fixed URL instead of discovery, \
                                         use an [[identity_provider]] table with jwks_uri)"
                 .to_string(),
@@ -418,6 +420,18 @@ mod tests {
     }
 
     #[test]
+    fn percona_server_ca_file_is_the_tls_ca_file() {
+        let mut e = human("https://idp.example.com", None);
+        e["serverCAFile"] = json!("/etc/ssl/idp-ca.pem");
+        let c = parse_json(json!([e])).unwrap();
+        assert_eq!(
+            c[0].tls_ca_file.as_deref(),
+            Some(Path::new("/etc/ssl/idp-ca.pem"))
+        );
+        assert_eq!(c[0].jwks_fetch_timeout_secs, 5);
+    }
+
+    #[test]
     fn defaults_of_a_minimal_entry() {
         let c = parse_json(
             json!([{"issuer": "https://idp.example.com", "audience": "a",
@@ -456,7 +470,7 @@ mod tests {
         };
         let fields = "issuer, audience, authNamePrefix, matchPattern, clientId, requestScopes, \
                       principalName, authorizationClaim, useAuthorizationClaim, \
-                      supportsHumanFlows, JWKSPollSecs, logClaims";
+                      supportsHumanFlows, JWKSPollSecs, logClaims, serverCAFile";
         let cases: Vec<(Value, String)> = vec![
             (
                 json!({"issuer": "https://idp.example.com"}),
@@ -477,12 +491,14 @@ mod tests {
                     .into(),
             ),
             (
-                with("serverCAFile", json!("/etc/ca.pem")),
-                format!(
-                    "identity_providers_json[0].serverCAFile: unknown field 'serverCAFile' \
-                     (Percona's serverCAFile is not supported: the proxy verifies the IdP with \
-                     the system's trusted roots); oidcIdentityProviders fields are {fields}"
-                ),
+                with("serverCAFile", json!(7)),
+                "identity_providers_json[0].serverCAFile: must be a string, got a number".into(),
+            ),
+            (
+                with("serverCAFile", json!("")),
+                "identity_providers_json[0].serverCAFile: must not be empty: name a PEM file \
+                 of CA certificates, or omit it to trust the system's roots only"
+                    .into(),
             ),
             (
                 with("clientSecret", json!("s3cret")),

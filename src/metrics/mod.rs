@@ -1,8 +1,11 @@
 //! Prometheus metrics and the operator HTTP endpoints (`/metrics`,
 //! `/healthz`, `/readyz`). On the relay path only atomic counters are touched.
+//! Event counts live here; what other parts keep themselves (readiness,
+//! JWKS caches, the token cache) is read at scrape time ([`live`]).
+
+mod live;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -15,6 +18,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::readiness::Health;
 use crate::session::events::{
     AdminAction, AdminOutcome, BackendStage, ConnInfo, Disposition, Event, Limit, OperatorEvent,
     Sink,
@@ -60,7 +64,8 @@ pub struct Metrics {
     pub backend_errors: IntCounterVec,
     /// Admin requests by endpoint and result, every pair created up front.
     pub admin_requests: IntCounterVec,
-    ready: AtomicBool,
+    /// Sign-ins by IdP (`auth_name_prefix`) and flow; bounded by the config.
+    pub sign_ins: IntCounterVec,
 }
 
 const NS: &str = "mongo_oidc_proxy";
@@ -167,7 +172,20 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(active.clone()))
             .expect("metric names are unique");
+        // process_* (RSS, open fds, CPU): what an fd or memory alert needs.
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("metric names are unique");
         Metrics {
+            sign_ins: counter_vec(
+                &r,
+                "sign_ins_total",
+                "Successful sign-ins (re-authentications included), by identity provider \
+                 (auth_name_prefix) and flow.",
+                &["idp", "flow"],
+            ),
             connections_accepted: counter(
                 &r,
                 "connections_accepted_total",
@@ -272,7 +290,19 @@ impl Metrics {
                 vec
             },
             registry: r,
-            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Adds the metrics read from the running proxy at scrape time
+    /// (readiness, JWKS caches, token cache). Once per proxy.
+    pub fn watch(&self, health: Arc<Health>) {
+        match live::Live::new(health) {
+            Ok(live) => {
+                if let Err(e) = self.registry.register(Box::new(live)) {
+                    tracing::warn!(error = %e, "cannot register the live metrics");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot define the live metrics"),
         }
     }
 
@@ -355,14 +385,6 @@ impl Metrics {
         self.config_last_reload_success.set(now);
     }
 
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -392,6 +414,12 @@ impl Sink for MetricsSink {
                 ..
             } => {
                 m.count_auth_success();
+                // The user is `<auth_name_prefix>/<principal>`: only the
+                // prefix, never the principal, becomes a label.
+                let idp = session.identity.user.split_once('/').map_or("", |(p, _)| p);
+                m.sign_ins
+                    .with_label_values(&[idp, session.flow.label()])
+                    .inc();
                 if *reauthenticated {
                     m.reauthentications.inc();
                 }
@@ -437,51 +465,57 @@ impl Sink for MetricsSink {
     }
 }
 
+/// What the operator endpoints read.
+#[derive(Clone)]
+pub struct Endpoints {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
 /// The operator endpoints as an axum router.
-pub fn router(metrics: Arc<Metrics>) -> Router {
+pub fn router(endpoints: Endpoints) -> Router {
     Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(metrics)
+        .with_state(endpoints)
 }
 
-async fn render(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn render(State(e): State<Endpoints>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m.render(),
+        e.metrics.render(),
     )
 }
 
-async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.is_ready() {
-        (StatusCode::OK, "ready\n")
+async fn ready(State(e): State<Endpoints>) -> impl IntoResponse {
+    let verdict = e.health.verdict();
+    let status = if verdict.ready {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the backend has not answered yet\n",
-        )
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, verdict.body)
 }
 
 /// Serves the operator endpoints until the returned task is aborted.
 pub async fn serve(
     addr: SocketAddr,
-    metrics: Arc<Metrics>,
+    endpoints: Endpoints,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    serve_with(addr, metrics, Router::new()).await
+    serve_with(addr, endpoints, Router::new()).await
 }
 
 /// As [`serve`], with more routes (the admin endpoints) on the same
 /// listener; handlers may read the client's address (`ConnectInfo`).
 pub async fn serve_with(
     addr: SocketAddr,
-    metrics: Arc<Metrics>,
+    endpoints: Endpoints,
     extra: Router,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = router(metrics)
+    let app = router(endpoints)
         .merge(extra)
         .into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
@@ -518,5 +552,15 @@ mod tests {
             text.contains("mongo_oidc_proxy_connections_active 0"),
             "{text}"
         );
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name}: {text}");
+        }
     }
 }

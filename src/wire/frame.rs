@@ -61,10 +61,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             None => HEADER_LEN - buf.len(),
         };
         buf.reserve(wanted.clamp(HEADER_LEN, READ_CHUNK));
-        let n = reader
-            .read_buf(buf)
-            .await
-            .map_err(|e| WireError::Io(e.to_string()))?;
+        let n = match reader.read_buf(buf).await {
+            Ok(n) => n,
+            // A TLS peer that closes its socket without close_notify (as
+            // drivers do when they close) surfaces as UnexpectedEof from
+            // rustls: between messages that is a clean close like any other.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && buf.is_empty() => 0,
+            Err(e) => return Err(WireError::Io(e.to_string())),
+        };
         if n == 0 {
             return if buf.is_empty() {
                 Ok(None)
@@ -116,6 +120,45 @@ mod tests {
         assert_eq!(
             read_frame(&mut r, &mut buf, 100).await.unwrap_err(),
             WireError::UnexpectedEof
+        );
+    }
+
+    /// Reads `data`, then fails the way rustls does when the peer closes
+    /// without a close_notify.
+    struct EofAfter<'a>(&'a [u8]);
+
+    impl AsyncRead for EofAfter<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            out: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.0.is_empty() {
+                return std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "peer closed connection without sending TLS close_notify",
+                )));
+            }
+            let n = self.0.len().min(out.remaining());
+            out.put_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn close_without_close_notify_between_messages_is_clean() {
+        let input = message(20, b"abcd");
+        let mut r = EofAfter(&input);
+        let mut buf = BytesMut::new();
+        assert!(read_frame(&mut r, &mut buf, 100).await.unwrap().is_some());
+        assert!(read_frame(&mut r, &mut buf, 100).await.unwrap().is_none());
+        // Inside a message it is still an I/O error.
+        let mut r = EofAfter(&input[..7]);
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            read_frame(&mut r, &mut buf, 100).await.unwrap_err(),
+            WireError::Io("peer closed connection without sending TLS close_notify".into())
         );
     }
 

@@ -26,6 +26,27 @@ impl ProxyProcess {
     /// Like [`ProxyProcess::start`], run through `wrapper` (e.g.
     /// `["prlimit", "--nofile=256:256", "--"]`).
     pub async fn start_under(wrapper: &[&str], config: &Path, port: u16) -> ProxyProcess {
+        ProxyProcess::launch(wrapper, config, port, &["--log-format", "json"], &[]).await
+    }
+
+    /// Like [`ProxyProcess::start`] with other arguments after `--config
+    /// FILE` and extra environment variables (e.g. `HTTPS_PROXY`).
+    pub async fn start_with(
+        config: &Path,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ProxyProcess {
+        ProxyProcess::launch(&[], config, port, args, env).await
+    }
+
+    async fn launch(
+        wrapper: &[&str],
+        config: &Path,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ProxyProcess {
         let binary = env!("CARGO_BIN_EXE_mongo-oidc-proxy");
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
@@ -38,9 +59,9 @@ impl ProxyProcess {
         let mut child = cmd
             .arg("--config")
             .arg(config)
-            .arg("--log-format")
-            .arg("json")
+            .args(args)
             .env_remove("MONGO_OIDC_PROXY_CONFIG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
