@@ -21,6 +21,7 @@ use crate::authz::{Grants, Secrets};
 use crate::backend::Backend;
 use crate::config::{Config, ConfigError, LimitsConfig};
 use crate::session::events::Sinks;
+use crate::session::failpoint::FailPoints;
 
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
 
@@ -35,6 +36,9 @@ pub struct Runtime {
     pub backend: Arc<Backend>,
     pub limits: LimitsConfig,
     pub drain: Duration,
+    /// `[testing] enable_test_commands`: `configureFailPoint` is served and
+    /// the fail points it sets apply.
+    pub test_commands: bool,
 }
 
 impl Runtime {
@@ -57,6 +61,7 @@ impl Runtime {
             version: VERSIONS.fetch_add(1, Ordering::Relaxed),
             limits: config.limits.clone(),
             drain: Duration::from_secs(config.shutdown.drain_secs),
+            test_commands: config.testing.enable_test_commands,
             config,
             tls,
             registry,
@@ -121,6 +126,16 @@ impl Runtime {
         if old.shutdown != cfg.shutdown {
             parts.push("shutdown changed".into());
         }
+        if old.testing != cfg.testing {
+            parts.push(format!(
+                "test commands turned {}",
+                if new.test_commands {
+                    "on"
+                } else {
+                    "off (fail points cleared)"
+                }
+            ));
+        }
         parts.join("; ")
     }
 }
@@ -142,6 +157,9 @@ pub struct Shared {
     pub stage: watch::Receiver<Stage>,
     /// Returned as `serviceId` to load-balanced clients.
     pub service_id: bson::oid::ObjectId,
+    /// `configureFailPoint` state: process-wide, as on mongod; consulted
+    /// only while the runtime has test commands on.
+    pub failpoints: std::sync::Mutex<FailPoints>,
     next_connection_id: AtomicI32,
 }
 
@@ -152,6 +170,7 @@ impl Shared {
             sinks,
             stage,
             service_id: bson::oid::ObjectId::new(),
+            failpoints: std::sync::Mutex::new(FailPoints::default()),
             next_connection_id: AtomicI32::new(1),
         }
     }

@@ -120,9 +120,30 @@ impl Running {
         // New identity providers' keys load before any session can use them.
         next.registry.load_all().await;
         let changes = current.changes(&next);
+        let test_commands = next.test_commands;
         self.shared.runtime.store(Arc::new(next));
+        if test_commands {
+            warn_test_commands();
+        } else {
+            // Turned off: a fail point set earlier must not fire if they come back.
+            self.shared
+                .failpoints
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+        }
         Ok(Reloaded { changes })
     }
+}
+
+/// Test commands let an admin-granted session make the proxy fail commands
+/// and close connections: said at start-up and at every reload while on.
+fn warn_test_commands() {
+    warn!(
+        "test commands are enabled ([testing] enable_test_commands = true): sessions whose \
+         grant has admin = true may run configureFailPoint to fail commands and close \
+         connections; never enable this in production"
+    );
 }
 
 /// Starts with a config loaded from `path`, which reloads re-read.
@@ -135,6 +156,9 @@ pub async fn start_from_file(config: Config, path: &Path) -> Result<Running, Sta
 /// Builds every part from a config and starts listening.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let runtime = Runtime::build(config, None)?;
+    if runtime.test_commands {
+        warn_test_commands();
+    }
     let metrics = Arc::new(Metrics::new());
     let listen = runtime.config.listen.address;
     let listener = TcpListener::bind(listen)

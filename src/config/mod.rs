@@ -45,6 +45,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub testing: TestingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +181,16 @@ impl Default for ShutdownConfig {
 
 fn default_drain_secs() -> u64 {
     15
+}
+
+/// `[testing]`: what only a test deployment may turn on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingConfig {
+    /// mongod's `enableTestCommands`: `configureFailPoint` (failCommand) for
+    /// sessions whose grant has `admin = true`. Off by default, as on mongod.
+    #[serde(default)]
+    pub enable_test_commands: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -569,6 +581,15 @@ backend_password_env = "DBA_PASSWORD"
             e.contains("invalid type: sequence, expected a string"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn test_commands_are_off_unless_turned_on() {
+        assert!(!Config::parse(GOOD).unwrap().testing.enable_test_commands);
+        let on = format!("{GOOD}\n[testing]\nenable_test_commands = true\n");
+        assert!(Config::parse(&on).unwrap().testing.enable_test_commands);
+        let err = error_for(|s| format!("{s}\n[testing]\nenable_fail_points = true\n"));
+        assert!(err.contains("unknown field `enable_fail_points`"), "{err}");
     }
 
     #[test]

@@ -370,7 +370,7 @@ impl Sink for MetricsSink {
                 m.relay.to_client_bytes.inc_by(*to_client);
             }
             Event::SessionEnded { reason, .. } => m.count_closed(*reason),
-            Event::Refused { .. } => {}
+            Event::Refused { .. } | Event::FailPointSet { .. } | Event::FailPointFired { .. } => {}
         }
     }
 

@@ -107,6 +107,19 @@ pub enum Event<'a> {
         duration: Duration,
         user: Option<&'a str>,
     },
+    /// `configureFailPoint` set the `failCommand` fail point (test commands).
+    FailPointSet {
+        user: &'a str,
+        mode: &'a str,
+        data: &'a str,
+    },
+    /// The `failCommand` fail point fired on a command.
+    FailPointFired {
+        command: &'a str,
+        app_name: Option<&'a str>,
+        /// `close`, `error`, `block` or `write_concern_error`.
+        effect: &'static str,
+    },
 }
 
 /// Something an operator did, outside any client session.
@@ -217,6 +230,16 @@ impl Sink for LogSink {
                 tracing::debug!(conn = conn_id, reason = reason.label(), commands = counts.commands,
                 bytes_in = counts.bytes_from_client, bytes_out = counts.bytes_to_client,
                 seconds = duration.as_secs_f64(), user = ?user, "session ended")
+            }
+            Event::FailPointSet { user, mode, data } => {
+                tracing::warn!(conn = conn_id, user = %user, mode, data, "Set failpoint failCommand (test commands are on)")
+            }
+            Event::FailPointFired {
+                command,
+                app_name,
+                effect,
+            } => {
+                tracing::info!(conn = conn_id, command = %command, app = ?app_name, effect, "Activating 'failCommand' failpoint")
             }
             Event::BackendConnected { .. } | Event::AuthStep { .. } | Event::Relayed { .. } => {}
         }
