@@ -220,9 +220,7 @@ fn is_expected(expected: &[(&str, &str)], id: &str, message: &str) -> bool {
     let class_test = id.split_once("::").map_or(id, |(_, rest)| rest);
     expected.iter().any(|(pattern, fragment)| {
         let matches = match pattern.strip_suffix("::*") {
-            Some(class) => class_test
-                .split_once("::")
-                .is_some_and(|(c, _)| c == class),
+            Some(class) => class_test.split_once("::").is_some_and(|(c, _)| c == class),
             None => class_test == *pattern,
         };
         matches && message.contains(fragment)
@@ -262,8 +260,18 @@ async fn pymongo_oidc_test_modules_pass_against_the_proxy() {
     let dir = tempfile::tempdir().expect("temp dir");
     let tokens = dir.path().join("tokens");
     std::fs::create_dir(&tokens).expect("token dir");
-    write_tokens(&tokens, "test_user1", &issuer1, &format!("test_user1@{DOMAIN}"));
-    write_tokens(&tokens, "test_user2", &issuer2, &format!("test_user2@{DOMAIN}"));
+    write_tokens(
+        &tokens,
+        "test_user1",
+        &issuer1,
+        &format!("test_user1@{DOMAIN}"),
+    );
+    write_tokens(
+        &tokens,
+        "test_user2",
+        &issuer2,
+        &format!("test_user2@{DOMAIN}"),
+    );
     write_tokens(&tokens, "test_machine", &issuer2, "test_machine");
     std::fs::write(dir.path().join("rw.password"), RW.1).expect("password file");
     std::fs::write(dir.path().join("admin.password"), ADMIN.1).expect("password file");
@@ -302,7 +310,10 @@ async fn pymongo_oidc_test_modules_pass_against_the_proxy() {
     cmd.current_dir(&suite)
         .args(["-m", "pytest", "-p", "no:cacheprovider", "-m", "auth_oidc"])
         .arg(format!("--junitxml={}", report.display()))
-        .args(["test/test_auth_oidc.py", "test/asynchronous/test_auth_oidc.py"])
+        .args([
+            "test/test_auth_oidc.py",
+            "test/asynchronous/test_auth_oidc.py",
+        ])
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("MONGODB_URI", &admin_uri)
