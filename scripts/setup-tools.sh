@@ -94,7 +94,8 @@ SUITE_REQS="$REPO/scripts/tools-requirements-pymongo-suite.txt"
 SUITE_DIR="$TOOLS/pymongo-suite"
 SUITE_SRC="$SUITE_DIR/pymongo-$PYMONGO_VERSION"
 SUITE_PINS="pymongo-sdist==$PYMONGO_VERSION reqs:$(sha256sum "$SUITE_REQS" | cut -c1-16)"
-SUITE_STAMP="$SUITE_DIR/.mop-stamp"
+# In the venv, so that a re-created venv gets the test dependencies again.
+SUITE_STAMP="$TOOLS/venv/.mop-stamp-pymongo-suite"
 if [ -f "$SUITE_SRC/test/test_auth_oidc.py" ] && [ "$(cat "$SUITE_STAMP" 2>/dev/null)" = "$SUITE_PINS" ]; then
     log "pymongo $PYMONGO_VERSION test suite up to date"
 else

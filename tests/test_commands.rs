@@ -641,7 +641,21 @@ async fn reload_warns_while_on_and_clears_fail_points_when_turned_off() {
     let addr = format!("127.0.0.1:{port}").parse().expect("addr");
     let ca = shared_files().join("ca.pem");
     let mut root = WireClient::connect(addr, &ca).await;
+    let hello = rawdoc! { "hello": 1, "client": { "application": { "name": "ops-console" } }, "$db": "admin" };
+    assert!(is_ok(&root.command(hello).await));
     root.sign_in(&idp.token("root", &[], 600)).await;
+    // The sign-in's log line names the client's application.
+    assert!(
+        proxy
+            .wait_for_log("ops-console", Duration::from_secs(10))
+            .await
+    );
+    let log = proxy.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"signed in\"") && l.contains("ops-console")),
+        "{log}"
+    );
     set(
         &mut root,
         "alwaysOn",

@@ -9,6 +9,11 @@
 //! 3. **act** (here): carry the action out and emit [`events::Event`]s, which
 //!    the sinks turn into metrics and log lines.
 //!
+//! With test commands on, the `failCommand` fail point ([`failpoint`], pure
+//! state shared by the process) is asked first; when it fires,
+//! [`decide::fail_point`] turns its answer into the action (close, or its
+//! error) and the act step blocks first if it says so.
+//!
 //! The loop is strictly request/response, as drivers use a connection: read
 //! one client message, answer it locally or relay it and every reply it
 //! produces (exhaust streams included), then read the next. On a drain the
@@ -343,10 +348,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(Fired { block, then }) = fired else {
             return Ok(None);
         };
-        let effect = match (&then, block) {
-            (failpoint::Then::Close, _) => "close",
-            (failpoint::Then::Reply(_), _) => "error",
-            (failpoint::Then::Proceed, _) => "block",
+        let effect = match &then {
+            failpoint::Then::Close => "close",
+            failpoint::Then::Reply(_) => "error",
+            failpoint::Then::Proceed => "block",
         };
         self.emit(&Event::FailPointFired {
             command: command.name,
