@@ -2,7 +2,10 @@
 # Installs the real third-party software the integration tests run against,
 # inside the repository (nothing global):
 #   .tools/venv  python venv with SecantusDB (backend, `secantusd-py`) and pymongo,
-#                and kubernetes-validate (checks deploy/kubernetes/ in tests/deploy.rs)
+#                kubernetes-validate (checks deploy/kubernetes/ in tests/deploy.rs),
+#                and pytest with pymongo's other test dependencies
+#   .tools/pymongo-suite/pymongo-<version>  pymongo's sdist, unpacked: its own test
+#                suite, whose OIDC modules tests/pymongo_suite.rs runs
 #   .tools/npm   the Node `mongodb` driver, mongosh and @mongodb-js/oidc-mock-provider
 #   .tools/prometheus/promtool  from Debian's `prometheus` package, extracted
 #                alone (checks deploy/prometheus/ in tests/observability.rs)
@@ -89,6 +92,36 @@ else
     [ "$("$TOOLS/venv/bin/kubernetes-validate" --version 2>/dev/null)" = "$KUBERNETES_VALIDATE_VERSION" ] ||
         die "kubernetes-validate $KUBERNETES_VALIDATE_VERSION missing from $TOOLS/venv/bin after the install"
     echo "$KV_PINS" >"$KV_STAMP"
+fi
+
+# --- pymongo's own test suite (sdist) and its test dependencies ------------
+SUITE_REQS="$REPO/scripts/tools-requirements-pymongo-suite.txt"
+[ -f "$SUITE_REQS" ] || die "$SUITE_REQS is missing"
+SUITE_DIR="$TOOLS/pymongo-suite"
+SUITE_SRC="$SUITE_DIR/pymongo-$PYMONGO_VERSION"
+SUITE_PINS="pymongo-sdist==$PYMONGO_VERSION reqs:$(sha256sum "$SUITE_REQS" | cut -c1-16)"
+# In the venv, so that a re-created venv gets the test dependencies again.
+SUITE_STAMP="$TOOLS/venv/.mop-stamp-pymongo-suite"
+if [ -f "$SUITE_SRC/test/test_auth_oidc.py" ] && [ "$(cat "$SUITE_STAMP" 2>/dev/null)" = "$SUITE_PINS" ]; then
+    log "pymongo $PYMONGO_VERSION test suite up to date"
+else
+    log "installing pymongo $PYMONGO_VERSION's test suite (its sdist) into $SUITE_DIR and its test dependencies (scripts/tools-requirements-pymongo-suite.txt) into $TOOLS/venv ..."
+    rm -f "$SUITE_STAMP"
+    rm -rf "$SUITE_SRC" "$SUITE_DIR/download"
+    mkdir -p "$SUITE_DIR/download"
+    "$TOOLS/venv/bin/python" -m pip download --quiet --disable-pip-version-check \
+        --no-binary :all: --no-deps "pymongo==$PYMONGO_VERSION" -d "$SUITE_DIR/download" ||
+        die "pip download of the pymongo $PYMONGO_VERSION sdist failed"
+    tar -xzf "$SUITE_DIR/download/pymongo-$PYMONGO_VERSION.tar.gz" -C "$SUITE_DIR" ||
+        die "cannot unpack $SUITE_DIR/download/pymongo-$PYMONGO_VERSION.tar.gz"
+    rm -rf "$SUITE_DIR/download"
+    "$TOOLS/venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$SUITE_REQS" ||
+        die "pip install -r $SUITE_REQS failed"
+    [ -f "$SUITE_SRC/test/test_auth_oidc.py" ] && [ -f "$SUITE_SRC/test/asynchronous/test_auth_oidc.py" ] ||
+        die "the pymongo $PYMONGO_VERSION sdist has no test/test_auth_oidc.py"
+    "$TOOLS/venv/bin/python" -c 'import pytest, pytest_asyncio' ||
+        die "the venv cannot import pytest/pytest_asyncio after the install"
+    echo "$SUITE_PINS" >"$SUITE_STAMP"
 fi
 
 # --- npm: node driver, mongosh, mock IdP ------------------------------------

@@ -14,6 +14,9 @@
 //!    inputs) → action` (answer locally, refuse with an error, SASL step,
 //!    relay, close). Every rule of the session lives there and is
 //!    unit-tested without sockets.
+//!    With test commands on (`[testing]`), mongod's `failCommand` fail
+//!    point ([`session::failpoint`]) is consulted first and may close the
+//!    connection, delay the command or answer an error instead.
 //! 3. **act** — the session carries the action out and emits
 //!    [`session::events::Event`]s; the sinks ([`metrics::MetricsSink`],
 //!    [`session::events::LogSink`], [`audit::Audit`]) turn them into

@@ -22,6 +22,7 @@ use crate::authz::{Grants, Secrets};
 use crate::backend::Backend;
 use crate::config::{Config, ConfigError, LimitsConfig};
 use crate::session::events::Sinks;
+use crate::session::failpoint::FailPoints;
 use crate::session::registry::SessionRegistry;
 
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
@@ -39,6 +40,9 @@ pub struct Runtime {
     pub drain: Duration,
     /// The admin endpoints' token; `None`: the endpoints answer 404.
     pub admin: Option<AdminToken>,
+    /// `[testing] enable_test_commands`: `configureFailPoint` is served and
+    /// the fail points it sets apply.
+    pub test_commands: bool,
 }
 
 impl Runtime {
@@ -68,6 +72,7 @@ impl Runtime {
             version: VERSIONS.fetch_add(1, Ordering::Relaxed),
             limits: config.limits.clone(),
             drain: Duration::from_secs(config.shutdown.drain_secs),
+            test_commands: config.testing.enable_test_commands,
             config,
             tls,
             registry,
@@ -141,6 +146,16 @@ impl Runtime {
             (Some(a), Some(b)) if a != b => parts.push("admin token changed".into()),
             _ => {}
         }
+        if old.testing != cfg.testing {
+            parts.push(format!(
+                "test commands turned {}",
+                if new.test_commands {
+                    "on"
+                } else {
+                    "off (fail points cleared)"
+                }
+            ));
+        }
         parts.join("; ")
     }
 }
@@ -172,6 +187,9 @@ pub struct Shared {
     pub service_id: bson::oid::ObjectId,
     /// What each client address holds and has failed.
     pub admission: crate::admission::Table,
+    /// `configureFailPoint` state: process-wide, as on mongod; consulted
+    /// only while the runtime has test commands on.
+    pub failpoints: std::sync::Mutex<FailPoints>,
     next_connection_id: AtomicI32,
 }
 
@@ -186,6 +204,7 @@ impl Shared {
             stage,
             service_id: bson::oid::ObjectId::new(),
             admission: crate::admission::Table::default(),
+            failpoints: std::sync::Mutex::new(FailPoints::default()),
             next_connection_id: AtomicI32::new(1),
         }
     }

@@ -156,7 +156,18 @@ impl Reloader {
         next.registry.load_all().await;
         self.audit.reconfigure(next.config.audit.as_ref()).await?;
         let changes = current.changes(&next);
+        let test_commands = next.test_commands;
         self.shared.runtime.store(Arc::new(next));
+        if test_commands {
+            warn_test_commands();
+        } else {
+            // Turned off: a fail point set earlier must not fire if they come back.
+            self.shared
+                .failpoints
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+        }
         Ok(Reloaded { changes })
     }
 }
@@ -165,6 +176,16 @@ impl Reload for Reloader {
     fn reload(&self) -> crate::admin::http::ReloadFuture<'_> {
         Box::pin(Reloader::reload(self))
     }
+}
+
+/// Test commands let an admin-granted session make the proxy fail commands
+/// and close connections: said at start-up and at every reload while on.
+fn warn_test_commands() {
+    warn!(
+        "test commands are enabled ([testing] enable_test_commands = true): sessions whose \
+         grant has admin = true may run configureFailPoint to fail commands and close \
+         connections; never enable this in production"
+    );
 }
 
 /// Starts with a config loaded from `path`, which reloads re-read.
@@ -179,6 +200,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
 async fn start_at(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
     let runtime = Runtime::build(config, None)?;
+    if runtime.test_commands {
+        warn_test_commands();
+    }
     let metrics = Arc::new(Metrics::new());
     let listen = runtime.config.listen.address;
     let metrics_config = runtime.config.metrics.clone();

@@ -4,7 +4,13 @@
 //! `mongo_oidc_proxy_backend_errors_total{kind}`.
 
 // Test code may panic: that is how it fails.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, clippy::unreachable)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
 
 mod support;
 
@@ -14,7 +20,10 @@ use support::wire_client::{error_of, is_ok};
 
 /// Every string in a reply, so nothing can hide in another field.
 fn text_of(reply: &RawDocumentBuf) -> String {
-    format!("{:?}", bson::Document::try_from(reply.as_ref()).expect("a BSON reply"))
+    format!(
+        "{:?}",
+        bson::Document::try_from(reply.as_ref()).expect("a BSON reply")
+    )
 }
 
 fn assert_private(reply: &RawDocumentBuf, secrets: &[&str]) {
@@ -42,7 +51,9 @@ async fn a_backend_that_is_down_is_not_named_before_or_after_sign_in() {
     assert_eq!(error_of(&build).0, 6);
     assert_private(&build, &secrets);
     // After sign-in: the first relayed command opens the backend connection.
-    assert!(is_ok(&c.sign_in(&env.token("alice", &["writers"], 600)).await));
+    assert!(is_ok(
+        &c.sign_in(&env.token("alice", &["writers"], 600)).await
+    ));
     let find = c.command(rawdoc! { "find": "x", "$db": "app" }).await;
     assert_eq!(
         error_of(&find),
@@ -50,8 +61,14 @@ async fn a_backend_that_is_down_is_not_named_before_or_after_sign_in() {
     );
     assert_private(&find, &secrets);
     let m = env.running().metrics.render();
-    assert!(m.contains("mongo_oidc_proxy_backend_errors_total{kind=\"probe\"}"), "{m}");
-    assert!(m.contains("mongo_oidc_proxy_backend_errors_total{kind=\"connect\"}"), "{m}");
+    assert!(
+        m.contains("mongo_oidc_proxy_backend_errors_total{kind=\"probe\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("mongo_oidc_proxy_backend_errors_total{kind=\"connect\"}"),
+        "{m}"
+    );
     env.stop().await;
 }
 
@@ -71,7 +88,9 @@ async fn a_wrong_backend_password_shows_neither_the_user_nor_the_auth_source() {
     })
     .await;
     let mut c = env.client().await;
-    assert!(is_ok(&c.sign_in(&env.token("alice", &["writers"], 600)).await));
+    assert!(is_ok(
+        &c.sign_in(&env.token("alice", &["writers"], 600)).await
+    ));
     let r = c
         .command(rawdoc! { "insert": "x", "documents": [{ "a": 1 }], "$db": "app" })
         .await;
@@ -82,6 +101,15 @@ async fn a_wrong_backend_password_shows_neither_the_user_nor_the_auth_source() {
             "mongo-oidc-proxy cannot sign in to its backend as the granted user".to_string()
         )
     );
-    assert_private(&r, &[WRITER.0, "not-the-password", "SCRAM", "auth_source", "'admin'"]);
+    assert_private(
+        &r,
+        &[
+            WRITER.0,
+            "not-the-password",
+            "SCRAM",
+            "auth_source",
+            "'admin'",
+        ],
+    );
     env.stop().await;
 }

@@ -151,7 +151,9 @@ pub fn is_audited(event: &Event<'_>, commands: bool) -> bool {
         | Event::Backend { .. }
         | Event::BackendConnected { .. }
         | Event::AuthStep { .. }
-        | Event::LimitHit { .. } => false,
+        | Event::LimitHit { .. }
+        | Event::FailPointSet { .. }
+        | Event::FailPointFired { .. } => false,
     }
 }
 

@@ -21,7 +21,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bson::rawdoc;
+use bson::raw::cstr;
+use bson::{rawdoc, RawDocumentBuf};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -287,10 +288,22 @@ impl Backend {
         user: &str,
         password: &str,
     ) -> Result<BackendConnection, BackendError> {
+        self.connect_for(user, password, None).await
+    }
+
+    /// [`Backend::connect_as`] for a connection that serves one client
+    /// session: its hello names the client's application (`appName`), so
+    /// the backend's logs and `$currentOp` show whose commands these are.
+    pub async fn connect_for(
+        &self,
+        user: &str,
+        password: &str,
+        app_name: Option<&str>,
+    ) -> Result<BackendConnection, BackendError> {
         let mut retried = false;
         loop {
             let d = self.discover().await?;
-            match self.open_authenticated(&d, user, password).await {
+            match self.open_authenticated(&d, user, password, app_name).await {
                 Err(e) if !retried && e.is_topology() => {
                     tracing::info!(error = %e, "backend primary unreachable; rediscovering");
                     let mut guard = self.discovered.lock().await;
@@ -310,13 +323,14 @@ impl Backend {
         d: &Discovered,
         user: &str,
         password: &str,
+        app_name: Option<&str>,
     ) -> Result<BackendConnection, BackendError> {
         let (host, port) = (&d.primary.0, d.primary.1);
         let mut conn = self.open(host, port).await?;
         let ms = self.connect_timeout.as_millis() as u64;
         let addr = conn.addr().to_string();
         let handshake = async {
-            let hello = hello(&mut conn).await?;
+            let hello = hello(&mut conn, app_name).await?;
             if !hello.writable_primary && !self.settings.direct_connection {
                 return Err(BackendError::NotPrimary {
                     addr: conn.addr().to_string(),
@@ -418,7 +432,7 @@ impl Backend {
         let mut conn = self.open(host, port).await?;
         let addr = conn.addr().to_string();
         let ms = self.connect_timeout.as_millis() as u64;
-        let hello = tokio::time::timeout(self.connect_timeout, hello(&mut conn))
+        let hello = tokio::time::timeout(self.connect_timeout, hello(&mut conn, None))
             .await
             .map_err(|_| BackendError::HandshakeTimeout { addr, ms })??;
         Ok((conn, hello))
@@ -451,12 +465,45 @@ impl Backend {
     }
 }
 
-/// `hello`, falling back to `isMaster` on servers that predate it (< 4.4.2),
-/// then raises the connection's read limit to what the server allows.
-async fn hello(conn: &mut BackendConnection) -> Result<Hello, BackendError> {
-    let reply = match conn.command(&rawdoc! { "hello": 1, "$db": "admin" }).await {
+/// The client metadata of the proxy's hello, as drivers send theirs: the
+/// proxy as the driver, and the application of the client session the
+/// connection serves, if it named one.
+pub fn client_metadata(app_name: Option<&str>) -> RawDocumentBuf {
+    let mut doc = RawDocumentBuf::new();
+    if let Some(name) = app_name {
+        doc.append(cstr!("application"), rawdoc! { "name": name });
+    }
+    doc.append(
+        cstr!("driver"),
+        rawdoc! { "name": "mongo-oidc-proxy", "version": env!("CARGO_PKG_VERSION") },
+    );
+    // The names drivers use, so server-side tooling groups them alike.
+    let os_type = match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "Darwin",
+        "windows" => "Windows",
+        other => other,
+    };
+    doc.append(
+        cstr!("os"),
+        rawdoc! { "type": os_type, "architecture": std::env::consts::ARCH },
+    );
+    doc.append(cstr!("platform"), "Rust, tokio, rustls");
+    doc
+}
+
+/// `hello` with the client metadata, falling back to `isMaster` on servers
+/// that predate it (< 4.4.2), then raises the connection's read limit to
+/// what the server allows.
+async fn hello(
+    conn: &mut BackendConnection,
+    app_name: Option<&str>,
+) -> Result<Hello, BackendError> {
+    let client = client_metadata(app_name);
+    let hello = rawdoc! { "hello": 1, "client": client.clone(), "$db": "admin" };
+    let reply = match conn.command(&hello).await {
         Err(e) if e.code() == Some(COMMAND_NOT_FOUND) => {
-            conn.command(&rawdoc! { "isMaster": 1, "$db": "admin" })
+            conn.command(&rawdoc! { "isMaster": 1, "client": client, "$db": "admin" })
                 .await?
         }
         other => other?,
@@ -748,6 +795,46 @@ mod tests {
         let info = b.server_info().await.unwrap();
         assert!(!info.is_replica_set);
         assert_eq!(info.build_info.get_str("version").unwrap(), "4.2.0");
+    }
+
+    #[tokio::test]
+    async fn hellos_carry_client_metadata_and_the_sessions_app_name() {
+        let seen: Arc<std::sync::Mutex<Vec<RawDocumentBuf>>> = Arc::default();
+        let log = Arc::clone(&seen);
+        let hello = mock::hello(rawdoc! { "isWritablePrimary": true });
+        let port = mock::serve(Arc::new(move |name, body| match name {
+            "hello" => {
+                log.lock().unwrap().push(body.to_owned());
+                mock::MockReply::Doc(hello.clone())
+            }
+            "buildInfo" => mock::MockReply::Doc(rawdoc! { "version": "7.0.0", "ok": 1 }),
+            // The SCRAM exchange is not what this test is about.
+            _ => mock::MockReply::Doc(rawdoc! {
+                "ok": 0, "code": 18, "codeName": "AuthenticationFailed", "errmsg": "no",
+            }),
+        }))
+        .await;
+        let b = Backend::new(&config(&format!("mongodb://127.0.0.1:{port}/"))).unwrap();
+        b.server_info().await.unwrap();
+        let _ = b.connect_for("u", "pw", Some("auth_oidc")).await;
+        let seen = seen.lock().unwrap();
+        let client = |i: usize| seen[i].get_document("client").unwrap().to_owned();
+        let driver = rawdoc! { "name": "mongo-oidc-proxy", "version": env!("CARGO_PKG_VERSION") };
+        assert_eq!(seen.len(), 2, "the probe's hello and the session's");
+        assert_eq!(client(0).get_document("driver").unwrap(), &*driver);
+        assert!(client(0).get("application").unwrap().is_none());
+        assert_eq!(
+            client(1).get_document("application").unwrap(),
+            &*rawdoc! { "name": "auth_oidc" }
+        );
+        assert_eq!(client(1).get_document("driver").unwrap(), &*driver);
+        let os = client(1).get_document("os").unwrap().to_owned();
+        assert_eq!(os.get_str("architecture").unwrap(), std::env::consts::ARCH);
+        assert!(!os.get_str("type").unwrap().is_empty());
+        assert_eq!(
+            client(1).get_str("platform").unwrap(),
+            "Rust, tokio, rustls"
+        );
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+    #[serde(default)]
+    pub testing: TestingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +263,16 @@ impl AuditConfig {
     pub fn is_stdout(&self) -> bool {
         self.path.as_os_str() == "-"
     }
+}
+
+/// `[testing]`: what only a test deployment may turn on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingConfig {
+    /// mongod's `enableTestCommands`: `configureFailPoint` (failCommand) for
+    /// sessions whose grant has `admin = true`. Off by default, as on mongod.
+    #[serde(default)]
+    pub enable_test_commands: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -782,6 +794,15 @@ backend_password_env = "DBA_PASSWORD"
             c.admin.and_then(|a| a.token_file),
             Some(dir.path().join("admin.token"))
         );
+    }
+
+    #[test]
+    fn test_commands_are_off_unless_turned_on() {
+        assert!(!Config::parse(GOOD).unwrap().testing.enable_test_commands);
+        let on = format!("{GOOD}\n[testing]\nenable_test_commands = true\n");
+        assert!(Config::parse(&on).unwrap().testing.enable_test_commands);
+        let err = error_for(|s| format!("{s}\n[testing]\nenable_fail_points = true\n"));
+        assert!(err.contains("unknown field `enable_fail_points`"), "{err}");
     }
 
     #[test]

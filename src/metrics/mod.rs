@@ -447,7 +447,7 @@ impl Sink for MetricsSink {
             }
             Event::SessionEnded { reason, .. } => m.count_closed(*reason),
             Event::LimitHit { limit } => m.count_limit(*limit),
-            Event::Refused { .. } => {}
+            Event::Refused { .. } | Event::FailPointSet { .. } | Event::FailPointFired { .. } => {}
         }
     }
 

@@ -9,6 +9,7 @@ use crate::errors::MongoError;
 use crate::wire::{Command, DecodeError, Op, OpCode, Request, WireError};
 
 use super::admin::{self, AdminCommand};
+use super::failpoint::Then;
 use super::phase::{Access, Flow, Phase, SignedIn};
 use super::CloseReason;
 
@@ -17,6 +18,8 @@ use super::CloseReason;
 pub struct Inputs {
     /// The proxy is draining (SIGTERM): hello answers ShutdownInProgress.
     pub draining: bool,
+    /// `[testing] enable_test_commands`: `configureFailPoint` exists.
+    pub test_commands: bool,
 }
 
 /// Why the proxy refused a command; the `commands_total` disposition.
@@ -30,12 +33,14 @@ pub enum Refused {
     Malformed,
     Unsupported,
     Draining,
-    /// An administrative command from a session whose grant is not `admin`.
+    /// An admin command from a session whose grant lacks `admin = true`.
     NotAdmin,
+    /// Failed on purpose by the `failCommand` fail point.
+    FailPoint,
 }
 
 impl Refused {
-    pub const ALL: [Refused; 9] = [
+    pub const ALL: [Refused; 10] = [
         Refused::Unauthenticated,
         Refused::NoGrant,
         Refused::ReauthenticationRequired,
@@ -45,6 +50,7 @@ impl Refused {
         Refused::Unsupported,
         Refused::Draining,
         Refused::NotAdmin,
+        Refused::FailPoint,
     ];
 
     pub fn label(self) -> &'static str {
@@ -58,6 +64,7 @@ impl Refused {
             Refused::Unsupported => "refused_unsupported",
             Refused::Draining => "refused_draining",
             Refused::NotAdmin => "refused_not_admin",
+            Refused::FailPoint => "fail_point",
         }
     }
 }
@@ -92,6 +99,12 @@ pub enum Action {
     Relay,
     /// An administrative command the proxy runs itself (admin grants only).
     Admin(AdminCommand),
+    /// `configureFailPoint`, for an admin session with test commands on.
+    ConfigureFailPoint,
+    /// `getParameter`: the proxy's own parameters answered, others relayed.
+    GetParameter,
+    /// The `failCommand` fail point's error, in place of the command.
+    FailPoint(bson::RawDocumentBuf),
     /// Nothing can be answered: close the connection.
     Close(CloseReason),
 }
@@ -123,6 +136,11 @@ pub fn decide(req: &Request<'_>, phase: &Phase, inputs: Inputs) -> Action {
         "buildInfo" | "buildinfo" => Action::Local(Local::BuildInfo),
         "connectionStatus" => Action::Local(Local::ConnectionStatus),
         "endSessions" if phase.is_anonymous() => Action::Local(Local::EndSessions),
+        "configureFailPoint" => configure_fail_point(command, phase, inputs),
+        "getParameter" => match authorised_relay(command, phase) {
+            Action::Relay => Action::GetParameter,
+            refused => refused,
+        },
         "authenticate" => refuse(
             MongoError::mechanism_unavailable(
                 "Received authentication for mechanism MONGODB-X509 which is not enabled; sign in with MONGODB-OIDC",
@@ -234,6 +252,49 @@ fn authorised_relay(command: &Command<'_>, phase: &Phase) -> Action {
     }
 }
 
+/// What the `failCommand` fail point's firing does instead of the command:
+/// close, or answer its error; `None` lets the command be decided as usual.
+pub fn fail_point(then: Then) -> Option<Action> {
+    match then {
+        Then::Close => Some(Action::Close(CloseReason::FailPoint)),
+        Then::Reply(doc) => Some(Action::FailPoint(doc)),
+        Then::Proceed => None,
+    }
+}
+
+/// mongod's test command: absent unless test commands are on, run on
+/// `admin`, and (unlike mongod, which needs no sign-in for it) only by a
+/// session whose grant has `admin = true`.
+fn configure_fail_point(command: &Command<'_>, phase: &Phase, inputs: Inputs) -> Action {
+    if !inputs.test_commands {
+        return refuse(
+            MongoError::command_not_found("no such command: 'configureFailPoint'"),
+            Refused::Unsupported,
+        );
+    }
+    if command.db != Some("admin") {
+        return refuse(
+            MongoError::unauthorized(
+                "configureFailPoint may only be run against the admin database.",
+            ),
+            Refused::Unsupported,
+        );
+    }
+    match authorised_relay(command, phase) {
+        Action::Relay if phase.signed_in().is_some_and(|s| s.access.is_admin()) => {
+            Action::ConfigureFailPoint
+        }
+        Action::Relay => refuse(
+            MongoError::unauthorized(
+                "not authorized on admin to execute command configureFailPoint: the grant that \
+                 signed this session in does not have admin = true",
+            ),
+            Refused::NotAdmin,
+        ),
+        refused => refused,
+    }
+}
+
 /// The rule for a message that did not decode: an error reply where the
 /// client awaits one, else the connection is closed.
 pub fn decide_malformed(err: &DecodeError) -> Action {
@@ -338,8 +399,18 @@ mod tests {
     use bson::{rawdoc, RawDocumentBuf};
     use std::sync::Arc;
 
-    const SERVING: Inputs = Inputs { draining: false };
-    const DRAINING: Inputs = Inputs { draining: true };
+    const SERVING: Inputs = Inputs {
+        draining: false,
+        test_commands: false,
+    };
+    const DRAINING: Inputs = Inputs {
+        draining: true,
+        test_commands: false,
+    };
+    const TESTING: Inputs = Inputs {
+        draining: false,
+        test_commands: true,
+    };
 
     fn identity(user: &str) -> Identity {
         Identity {
@@ -634,6 +705,108 @@ mod tests {
             decide_doc(rawdoc! { "oidclistkeys": 1, "$db": "admin" }, &admin),
             Action::Relay
         );
+    }
+
+    fn admin() -> Access {
+        match granted() {
+            Access::Granted {
+                grant,
+                backend,
+                expires,
+                ..
+            } => Access::Granted {
+                grant,
+                backend,
+                expires,
+                admin: true,
+            },
+            other => other,
+        }
+    }
+
+    #[test]
+    fn configure_fail_point_needs_test_commands_admin_db_and_an_admin_grant() {
+        let cfp = || rawdoc! { "configureFailPoint": "failCommand", "mode": "off", "$db": "admin" };
+        let on = |doc: RawDocumentBuf, phase: &Phase| decide_bytes(&op_msg(doc), phase, TESTING);
+        let admin_session = signed_in(admin(), None);
+        // Off: as on mongod without enableTestCommands, the command does not exist.
+        let Action::Refuse { error, reason } = decide_doc(cfp(), &admin_session) else {
+            panic!()
+        };
+        assert_eq!(
+            (error.code, error.code_name, error.errmsg.as_str(), reason),
+            (
+                59,
+                "CommandNotFound",
+                "no such command: 'configureFailPoint'",
+                Refused::Unsupported
+            )
+        );
+        assert_eq!(on(cfp(), &admin_session), Action::ConfigureFailPoint);
+        let want = [
+            ("anonymous", (13, Refused::Unauthenticated)),
+            ("authenticating", (13, Refused::Unauthenticated)),
+            ("signed in", (13, Refused::NotAdmin)),
+            ("no grant", (13, Refused::NoGrant)),
+            ("expired", (391, Refused::ReauthenticationRequired)),
+        ];
+        for ((what, phase), (w, expected)) in phases().into_iter().zip(want) {
+            assert_eq!(what, w);
+            assert_eq!(refusal(&on(cfp(), &phase)), Some(expected), "{what}");
+        }
+        let Action::Refuse { error, .. } = on(cfp(), &signed_in(granted(), None)) else {
+            panic!()
+        };
+        assert_eq!(
+            error.errmsg,
+            "not authorized on admin to execute command configureFailPoint: the grant that \
+             signed this session in does not have admin = true"
+        );
+        assert_eq!(
+            refusal(&on(
+                rawdoc! { "configureFailPoint": "failCommand", "mode": "off", "$db": "test" },
+                &admin_session
+            )),
+            Some((13, Refused::Unsupported))
+        );
+        assert_eq!(
+            refusal(&on(cfp(), &signed_in(admin(), Some(Expiry::GrantExpired)))),
+            Some((391, Refused::ReauthenticationRequired))
+        );
+    }
+
+    #[test]
+    fn get_parameter_is_the_proxys_once_authorised() {
+        let gp = || rawdoc! { "getParameter": 1, "authenticationMechanisms": 1, "$db": "admin" };
+        let want = [
+            ("anonymous", Some((13, Refused::Unauthenticated))),
+            ("authenticating", Some((13, Refused::Unauthenticated))),
+            ("signed in", None),
+            ("no grant", Some((13, Refused::NoGrant))),
+            ("expired", Some((391, Refused::ReauthenticationRequired))),
+        ];
+        for ((what, phase), (w, expected)) in phases().into_iter().zip(want) {
+            assert_eq!(what, w);
+            let action = decide_doc(gp(), &phase);
+            match expected {
+                None => assert_eq!(action, Action::GetParameter, "{what}"),
+                Some(r) => assert_eq!(refusal(&action), Some(r), "{what}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_fired_fail_point_closes_or_answers_in_place_of_the_command() {
+        assert_eq!(
+            fail_point(Then::Close),
+            Some(Action::Close(CloseReason::FailPoint))
+        );
+        let doc = rawdoc! { "ok": 0.0, "code": 2 };
+        assert_eq!(
+            fail_point(Then::Reply(doc.clone())),
+            Some(Action::FailPoint(doc))
+        );
+        assert_eq!(fail_point(Then::Proceed), None);
     }
 
     #[test]

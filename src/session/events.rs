@@ -162,6 +162,19 @@ pub enum Event<'a> {
         duration: Duration,
         user: Option<&'a str>,
     },
+    /// `configureFailPoint` set the `failCommand` fail point (test commands).
+    FailPointSet {
+        user: &'a str,
+        mode: &'a str,
+        data: &'a str,
+    },
+    /// The `failCommand` fail point fired on a command.
+    FailPointFired {
+        command: &'a str,
+        app_name: Option<&'a str>,
+        /// `close`, `error`, `block` or `write_concern_error`.
+        effect: &'static str,
+    },
 }
 
 /// Something an operator did, outside any client session.
@@ -393,6 +406,16 @@ impl Sink for LogSink {
             }
             Event::LimitHit { limit } => {
                 tracing::debug!(conn = conn_id, %peer, limit = limit.label(), "limit hit")
+            }
+            Event::FailPointSet { user, mode, data } => {
+                tracing::warn!(conn = conn_id, user = %user, mode, data, "Set failpoint failCommand (test commands are on)")
+            }
+            Event::FailPointFired {
+                command,
+                app_name,
+                effect,
+            } => {
+                tracing::info!(conn = conn_id, command = %command, app = ?app_name, effect, "Activating 'failCommand' failpoint")
             }
             Event::BackendConnected { .. } | Event::AuthStep { .. } | Event::Relayed { .. } => {}
         }

@@ -16,6 +16,23 @@ pub struct HelloRequest<'a> {
     pub load_balanced: bool,
     pub sasl_supported_mechs: bool,
     pub speculative: Option<&'a RawDocument>,
+    /// `client.application.name`: the client's `appName`.
+    pub app_name: Option<&'a str>,
+}
+
+/// mongod's limit on `client.application.name`.
+pub const MAX_APP_NAME_BYTES: usize = 128;
+
+/// `client.application.name` of a hello, if it has one of at most
+/// [`MAX_APP_NAME_BYTES`]; malformed metadata counts as none.
+pub fn client_app_name(body: &RawDocument) -> Option<&str> {
+    let client = body.get_document("client").ok()?;
+    let name = client
+        .get_document("application")
+        .ok()?
+        .get_str("name")
+        .ok()?;
+    (name.len() <= MAX_APP_NAME_BYTES).then_some(name)
 }
 
 /// Reads the fields of a hello that change the reply, with mongod's checks on
@@ -31,6 +48,7 @@ pub fn parse_hello<'a>(name: &str, body: &'a RawDocument) -> Result<HelloRequest
             "helloOk" => req.hello_ok = truthy(value),
             "loadBalanced" => req.load_balanced = truthy(value),
             "saslSupportedMechs" => req.sasl_supported_mechs = true,
+            "client" => req.app_name = app_name(value)?,
             "speculativeAuthenticate" => match value {
                 RawBsonRef::Document(doc) if doc.iter().next().is_some() => {
                     req.speculative = Some(doc)
@@ -46,6 +64,29 @@ pub fn parse_hello<'a>(name: &str, body: &'a RawDocument) -> Result<HelloRequest
         }
     }
     Ok(req)
+}
+
+fn app_name(client: RawBsonRef<'_>) -> Result<Option<&str>, MongoError> {
+    let RawBsonRef::Document(client) = client else {
+        return Ok(None);
+    };
+    let Ok(name) = client
+        .get_document("application")
+        .and_then(|a| a.get_str("name"))
+    else {
+        return Ok(None);
+    };
+    if name.len() > MAX_APP_NAME_BYTES {
+        return Err(MongoError::with_code(
+            184,
+            "ClientMetadataAppNameTooLarge",
+            format!(
+                "The 'client.application.name' field must be less than or equal to \
+                 {MAX_APP_NAME_BYTES} bytes in length"
+            ),
+        ));
+    }
+    Ok(Some(name))
 }
 
 fn truthy(v: RawBsonRef<'_>) -> bool {
@@ -115,4 +156,43 @@ pub fn hello_reply(
     }
     doc.append(cstr!("ok"), 1.0);
     doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    #[test]
+    fn reads_the_application_name_from_client_metadata() {
+        let body = rawdoc! {
+            "hello": 1,
+            "client": { "driver": { "name": "PyMongo", "version": "4.20.0" }, "application": { "name": "auth_oidc" } },
+        };
+        assert_eq!(
+            parse_hello("hello", &body).unwrap().app_name,
+            Some("auth_oidc")
+        );
+        assert_eq!(client_app_name(&body), Some("auth_oidc"));
+        for without in [
+            rawdoc! { "hello": 1 },
+            rawdoc! { "hello": 1, "client": { "driver": { "name": "x" } } },
+            rawdoc! { "hello": 1, "client": "not a document" },
+            rawdoc! { "hello": 1, "client": { "application": { "name": 7 } } },
+        ] {
+            assert_eq!(parse_hello("hello", &without).unwrap().app_name, None);
+            assert_eq!(client_app_name(&without), None);
+        }
+        let long = rawdoc! { "hello": 1, "client": { "application": { "name": "a".repeat(129) } } };
+        let e = parse_hello("hello", &long).unwrap_err();
+        assert_eq!(
+            (e.code, e.code_name),
+            (184, "ClientMetadataAppNameTooLarge")
+        );
+        assert_eq!(
+            e.errmsg,
+            "The 'client.application.name' field must be less than or equal to 128 bytes in length"
+        );
+        assert_eq!(client_app_name(&long), None);
+    }
 }

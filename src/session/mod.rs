@@ -9,6 +9,11 @@
 //! 3. **act** (here): carry the action out and emit [`events::Event`]s, which
 //!    the sinks turn into metrics and log lines.
 //!
+//! With test commands on, the `failCommand` fail point ([`failpoint`], pure
+//! state shared by the process) is asked first; when it fires,
+//! [`decide::fail_point`] turns its answer into the action (close, or its
+//! error) and the act step blocks first if it says so.
+//!
 //! The loop is strictly request/response, as drivers use a connection: read
 //! one client message, answer it locally or relay it and every reply it
 //! produces (exhaust streams included), then read the next. On a drain the
@@ -19,6 +24,7 @@ pub mod admin;
 pub mod commands;
 pub mod decide;
 pub mod events;
+pub mod failpoint;
 pub mod handshake;
 pub mod phase;
 pub mod registry;
@@ -36,10 +42,11 @@ use tokio::sync::watch;
 use crate::auth::oidc::{self, PayloadEncoding, StepOutcome};
 use crate::auth::{AuthFailure, Identity};
 use crate::authz::BackendIdentity;
-use crate::backend::{BackendConnection, BackendError};
+use crate::backend::{BackendConnection, BackendError, ForwardError};
 use crate::errors::MongoError;
 use crate::runtime::{Runtime, Shared, Stage};
 use crate::wire::{self, DecodeError, Frame, Op, OpCode, Request};
+use failpoint::{FailPoints, Fired, WriteConcernFault};
 
 pub use decide::{Action, Inputs, Local, Refused};
 use events::{AdminAction, AdminOutcome, BackendStage, OperatorEvent};
@@ -65,10 +72,12 @@ pub enum CloseReason {
     SignInFailures,
     /// `POST /admin/sessions/<id>/close`.
     ClosedByOperator,
+    /// `closeConnection` of the `failCommand` fail point (test commands).
+    FailPoint,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::ClientClosed,
         CloseReason::IdleBeforeSignIn,
         CloseReason::MalformedMessage,
@@ -79,6 +88,7 @@ impl CloseReason {
         CloseReason::SignInDeadline,
         CloseReason::SignInFailures,
         CloseReason::ClosedByOperator,
+        CloseReason::FailPoint,
     ];
 
     pub fn label(self) -> &'static str {
@@ -93,6 +103,7 @@ impl CloseReason {
             CloseReason::SignInDeadline => "sign_in_deadline",
             CloseReason::SignInFailures => "sign_in_failures",
             CloseReason::ClosedByOperator => "closed_by_operator",
+            CloseReason::FailPoint => "fail_point",
         }
     }
 }
@@ -188,6 +199,8 @@ pub struct Session<S> {
     counts: Counts,
     /// This session in the operator's list, and its close request.
     listed: registry::SessionHandle,
+    /// `client.application.name` from the client's first hello that had one.
+    app_name: Option<String>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -217,6 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             backend: None,
             counts: Counts::default(),
             listed,
+            app_name: None,
         }
     }
 
@@ -257,11 +271,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.resolve_phase(&rt);
             let result = match Request::decode(&frame.bytes) {
                 Ok(req) => {
+                    self.note_app_name(&req);
                     let inputs = Inputs {
                         draining: *self.stage.borrow() != Stage::Serving,
+                        test_commands: rt.test_commands,
                     };
-                    let action = decide::decide(&req, &self.phase, inputs);
-                    self.act(&req, action, &rt).await
+                    match self.fail_point_before(&req, &rt).await {
+                        Err(reason) => Err(reason),
+                        Ok(fired) => {
+                            let action = fired
+                                .and_then(decide::fail_point)
+                                .unwrap_or_else(|| decide::decide(&req, &self.phase, inputs));
+                            self.act(&req, action, &rt).await
+                        }
+                    }
                 }
                 Err(e) => self.act_malformed(&e).await,
             };
@@ -378,6 +401,63 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// mongod takes the client metadata from the hello that carries it,
+    /// before any fail point is evaluated on that hello; later hellos do
+    /// not change it.
+    fn note_app_name(&mut self, req: &Request<'_>) {
+        if self.app_name.is_some() {
+            return;
+        }
+        if let Some(c) = req.command.filter(|c| decide::is_handshake(c.name)) {
+            self.app_name = handshake::client_app_name(c.body).map(str::to_owned);
+        }
+    }
+
+    fn failpoints(&self) -> std::sync::MutexGuard<'_, FailPoints> {
+        // The state is a few plain fields: a panic elsewhere cannot leave it torn.
+        self.shared
+            .failpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The `failCommand` fail point, before the command: blocks here when
+    /// it says so, and returns what happens next.
+    async fn fail_point_before(
+        &mut self,
+        req: &Request<'_>,
+        rt: &Runtime,
+    ) -> Result<Option<failpoint::Then>, CloseReason> {
+        let Some(command) = req.command.filter(|_| rt.test_commands) else {
+            return Ok(None);
+        };
+        let fired = self.failpoints().before(
+            command.name,
+            self.app_name.as_deref(),
+            command.is_retryable_write(),
+        );
+        let Some(Fired { block, then }) = fired else {
+            return Ok(None);
+        };
+        let effect = match &then {
+            failpoint::Then::Close => "close",
+            failpoint::Then::Reply(_) => "error",
+            failpoint::Then::Proceed => "block",
+        };
+        self.emit(&Event::FailPointFired {
+            command: command.name,
+            app_name: self.app_name.as_deref(),
+            effect,
+        });
+        if let Some(wait) = block {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = closing(&mut self.stage) => return Err(CloseReason::Shutdown),
+            }
+        }
+        Ok(Some(then))
+    }
+
     fn resolve_phase(&mut self, rt: &Runtime) {
         let policy = Policy {
             version: rt.version,
@@ -421,8 +501,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Result<(), CloseReason> {
         let name = req.command.map_or("", |c| c.name);
         let disposition = match &action {
-            Action::Relay => Disposition::Relayed,
+            Action::Relay | Action::GetParameter => Disposition::Relayed,
             Action::Refuse { reason, .. } => Disposition::Refused(*reason),
+            Action::FailPoint(_) | Action::Close(CloseReason::FailPoint) => {
+                Disposition::Refused(Refused::FailPoint)
+            }
             Action::Close(_) => Disposition::Refused(Refused::Unsupported),
             _ => Disposition::Local,
         };
@@ -437,7 +520,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 return Err(reason);
             }
-            Action::Relay => return self.relay(req, rt).await,
+            Action::Relay => {
+                let wants_wce = rt.test_commands
+                    && req.command.is_some_and(|c| {
+                        self.failpoints()
+                            .wants_write_concern_error(c.name, self.app_name.as_deref())
+                    });
+                if wants_wce {
+                    return self.relay_rewritten(req, rt, Rewrite::WriteConcern).await;
+                }
+                return self.relay(req, rt).await;
+            }
+            Action::GetParameter => {
+                let Some(command) = req.command else {
+                    return Err(CloseReason::MalformedMessage);
+                };
+                match commands::plan_get_parameter(command.body, rt.test_commands) {
+                    commands::ParameterPlan::Local(doc) => doc,
+                    commands::ParameterPlan::Relay { all, show_details } => {
+                        let rewrite = Rewrite::Parameters { all, show_details };
+                        return self.relay_rewritten(req, rt, rewrite).await;
+                    }
+                }
+            }
+            Action::FailPoint(doc) => doc,
+            Action::ConfigureFailPoint => self.configure_fail_point(req),
             Action::Refuse { error, reason } => {
                 self.emit(&Event::Refused {
                     name,
@@ -528,7 +635,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .map(|s| &s.identity),
             ),
             Local::BuildInfo => match rt.backend.server_info().await {
-                Ok(info) => commands::build_info(&info),
+                Ok(info) => commands::build_info_for(&info, rt.test_commands),
                 Err(e) => self
                     .backend_unavailable(BackendStage::Probe, &e)
                     .to_document(),
@@ -549,6 +656,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             "mongo-oidc-proxy cannot reach its backend"
         };
         MongoError::host_unreachable(text)
+    }
+
+    /// `configureFailPoint` for an admin session: decide checked who may.
+    fn configure_fail_point(&mut self, req: &Request<'_>) -> RawDocumentBuf {
+        let Some(command) = req.command else {
+            return MongoError::protocol_error("configureFailPoint without a command")
+                .to_document();
+        };
+        let result = {
+            let mut fp = self.failpoints();
+            fp.configure(command.body)
+                .map(|reply| (reply, fp.describe()))
+        };
+        match result {
+            Ok((reply, mode)) => {
+                let data = command
+                    .body
+                    .get_document("data")
+                    .ok()
+                    .and_then(|d| bson::Document::try_from(d).ok())
+                    .map_or_else(|| "{}".to_owned(), |d| d.to_string());
+                let user = self
+                    .phase
+                    .signed_in()
+                    .map_or("", |s| s.identity.user.as_str());
+                self.emit(&Event::FailPointSet {
+                    user,
+                    mode: &mode,
+                    data: &data,
+                });
+                reply
+            }
+            Err(e) => e.to_document(),
+        }
     }
 
     async fn hello(
@@ -755,7 +896,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             session: &session,
             reauthenticated,
             issuer,
-            app_name: None,
+            app_name: self.app_name.as_deref(),
         });
         self.phase = Phase::SignedIn(Box::new(session));
         Ok(())
@@ -832,6 +973,187 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// Relays a command whose reply the proxy must change: reads the reply
+    /// whole (only for `getParameter` and a fail point's
+    /// `writeConcernError`, never on the plain relay path), rewrites its
+    /// body and sends it on.
+    async fn relay_rewritten(
+        &mut self,
+        req: &Request<'_>,
+        rt: &Runtime,
+        rewrite: Rewrite,
+    ) -> Result<(), CloseReason> {
+        let Some(Access::Granted { backend, .. }) = self.phase.signed_in().map(|s| &s.access)
+        else {
+            return Err(CloseReason::MalformedMessage);
+        };
+        let backend = backend.clone();
+        let Some(command) = req.command else {
+            return Err(CloseReason::MalformedMessage);
+        };
+        let retryable = command.is_retryable_write();
+        if self.backend.is_none() {
+            if let Err(error) = self.connect_backend(&backend, rt).await {
+                let doc = error.labelled_for(retryable).to_document();
+                return self.send(req.request_id, ReplyKind::Msg, &doc).await;
+            }
+        }
+        let Some(link) = self.backend.as_mut() else {
+            return Err(CloseReason::BackendClosed);
+        };
+        let started = Instant::now();
+        let exchange = async {
+            link.connection.send(req.bytes).await?;
+            if req.more_to_come {
+                return Ok(None);
+            }
+            link.connection.recv().await.map(Some)
+        };
+        let outcome = tokio::select! {
+            r = exchange => Some(r),
+            _ = closing(&mut self.stage) => None,
+        };
+        let frame = match outcome {
+            Some(Ok(Some(frame))) => frame,
+            Some(Ok(None)) => return Ok(()),
+            Some(Err(e)) => {
+                self.emit(&Event::Backend {
+                    stage: BackendStage::Relay,
+                    error: &e,
+                });
+                return Err(CloseReason::BackendClosed);
+            }
+            None => {
+                let error = MongoError::interrupted_at_shutdown(
+                    "interrupted at shutdown: mongo-oidc-proxy's drain period ended",
+                )
+                .labelled_for(retryable);
+                let _ = self
+                    .send(req.request_id, ReplyKind::Msg, &error.to_document())
+                    .await;
+                return Err(CloseReason::Shutdown);
+            }
+        };
+        let parsed = wire::OpMsg::parse(&frame.bytes)
+            .ok()
+            .filter(|m| !m.flags.more_to_come());
+        let Some(parsed) = parsed else {
+            // Not a single OP_MSG reply: nothing to rewrite; pass it on as is.
+            return self.forward_unchanged(req, frame).await;
+        };
+        let body = match rewrite {
+            Rewrite::Parameters { all, show_details } => {
+                commands::rewrite_parameters(parsed.body, rt.test_commands, all, show_details)
+            }
+            Rewrite::WriteConcern => {
+                let fault = if commands::is_ok(parsed.body) {
+                    self.write_concern_fault(command.name, retryable)
+                } else {
+                    None
+                };
+                match fault {
+                    Some(f) => f.apply(parsed.body),
+                    None => parsed.body.to_owned(),
+                }
+            }
+        };
+        let bytes =
+            wire::op_msg::encode(frame.header.request_id, frame.header.response_to, 0, &body);
+        let result = self.write_to_client(&bytes).await;
+        self.emit(&Event::Relayed {
+            to_backend: req.bytes.len() as u64,
+            to_client: bytes.len() as u64,
+            replies: 1,
+            command: command.name,
+            db: command.db,
+            collection: command.target,
+            status: wire::op_msg::reply_status(&bytes),
+            duration: started.elapsed(),
+        });
+        result
+    }
+
+    fn write_concern_fault(&mut self, command: &str, retryable: bool) -> Option<WriteConcernFault> {
+        let fault = self
+            .failpoints()
+            .after_write(command, self.app_name.as_deref(), retryable)?;
+        self.emit(&Event::FailPointFired {
+            command,
+            app_name: self.app_name.as_deref(),
+            effect: "write_concern_error",
+        });
+        Some(fault)
+    }
+
+    /// A reply [`Session::relay_rewritten`] cannot rewrite (an exhaust
+    /// stream, or not OP_MSG), passed on with whatever follows it.
+    async fn forward_unchanged(
+        &mut self,
+        req: &Request<'_>,
+        first: Frame,
+    ) -> Result<(), CloseReason> {
+        let mut more = wire::OpMsg::parse(&first.bytes).is_ok_and(|m| m.flags.more_to_come());
+        self.write_to_client(&first.bytes).await?;
+        let started = Instant::now();
+        let mut progress = relay::Progress {
+            replying: true,
+            to_client: first.bytes.len() as u64,
+            replies: 1,
+            status: wire::op_msg::reply_status(&first.bytes),
+        };
+        while more {
+            let Some(link) = self.backend.as_mut() else {
+                return Err(CloseReason::BackendClosed);
+            };
+            match link
+                .connection
+                .forward_reply(&mut self.client.stream, &mut progress.replying)
+                .await
+            {
+                Ok(reply) => {
+                    progress.replies += 1;
+                    progress.to_client += reply.bytes as u64;
+                    more = reply.more_to_come;
+                }
+                Err(ForwardError::Client(_)) => return Err(CloseReason::ClientIo),
+                Err(ForwardError::Backend(e)) => {
+                    self.emit(&Event::Backend {
+                        stage: BackendStage::Relay,
+                        error: &e,
+                    });
+                    return Err(CloseReason::BackendClosed);
+                }
+            }
+        }
+        self.counts.bytes_to_client += progress.to_client - first.bytes.len() as u64;
+        self.emit(&Event::Relayed {
+            to_backend: req.bytes.len() as u64,
+            to_client: progress.to_client,
+            replies: progress.replies,
+            command: req.command.map_or("", |c| c.name),
+            db: req.command.and_then(|c| c.db),
+            collection: req.command.and_then(|c| c.target),
+            status: progress.status,
+            duration: started.elapsed(),
+        });
+        Ok(())
+    }
+
+    async fn write_to_client(&mut self, bytes: &[u8]) -> Result<(), CloseReason> {
+        self.client
+            .stream
+            .write_all(bytes)
+            .await
+            .map_err(|_| CloseReason::ClientIo)?;
+        self.client
+            .stream
+            .flush()
+            .await
+            .map_err(|_| CloseReason::ClientIo)?;
+        self.counts.bytes_to_client += bytes.len() as u64;
+        Ok(())
+    }
+
     async fn connect_backend(
         &mut self,
         backend: &Arc<BackendIdentity>,
@@ -840,7 +1162,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let started = Instant::now();
         match rt
             .backend
-            .connect_as(&backend.user, &backend.password)
+            .connect_for(&backend.user, &backend.password, self.app_name.as_deref())
             .await
         {
             Ok(connection) => {
@@ -856,6 +1178,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => Err(self.backend_unavailable(BackendStage::Connect, &e)),
         }
     }
+}
+
+/// Why a relayed reply is read whole and changed.
+#[derive(Debug, Clone, Copy)]
+enum Rewrite {
+    /// `getParameter`: the proxy's own parameters in place of the backend's.
+    Parameters { all: bool, show_details: bool },
+    /// A write the fail point may add a `writeConcernError` to.
+    WriteConcern,
 }
 
 /// Resolves once the drain period is over.

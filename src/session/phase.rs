@@ -332,7 +332,14 @@ mod tests {
     fn find_outcome(phase: &Phase) -> Option<(i32, Refused)> {
         let bytes = crate::wire::op_msg::encode(1, 0, 0, &rawdoc! { "find": "c", "$db": "app" });
         let req = Request::decode(&bytes).unwrap();
-        match decide::decide(&req, phase, Inputs { draining: false }) {
+        match decide::decide(
+            &req,
+            phase,
+            Inputs {
+                draining: false,
+                test_commands: false,
+            },
+        ) {
             Action::Relay => None,
             Action::Refuse { error, reason } => Some((error.code, reason)),
             other => panic!("unexpected {other:?}"),
