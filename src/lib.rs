@@ -72,6 +72,8 @@ pub mod devcerts;
 pub mod devidp;
 pub mod errors;
 pub mod fdlimit;
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(test)]
 mod layering;
 pub mod metrics;
