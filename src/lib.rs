@@ -104,6 +104,8 @@ pub mod backend;
 pub mod config;
 pub mod errors;
 pub mod fdlimit;
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(test)]
 mod layering;
 pub mod metrics;

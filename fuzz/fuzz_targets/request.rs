@@ -1,0 +1,6 @@
+//! Thin wrapper: the target and its invariants are
+//! `mongo_oidc_proxy::fuzzing::request` (input format in its doc and in
+//! fuzz/README.md). Run from fuzz/: `cargo +nightly fuzz run request corpus/request seeds/request`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mongo_oidc_proxy::fuzzing::request(data));
