@@ -24,6 +24,15 @@
 //! `<source>-<sha256 prefix>`; content already present under any name is
 //! not written again.
 
+// Test code may panic: that is how it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 mod support;
 
 use std::collections::BTreeMap;

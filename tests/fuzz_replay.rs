@@ -3,6 +3,15 @@
 //! stable toolchain: the targets keep building without nightly, and inputs
 //! that once crashed (committed as seeds) stay fixed.
 
+// Test code may panic: that is how it fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
