@@ -31,5 +31,5 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 # Client end-to-end tests start real servers; two at a time suits 2-core CI.
 cargo test --workspace --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log"
-awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
 echo "test command took ${SECONDS} s"
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
