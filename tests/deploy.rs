@@ -895,14 +895,14 @@ fn example_config_puts_top_level_keys_before_the_first_table() {
 
 // --- the repository stands alone ------------------------------------------
 
-/// Documents of the founders' folder outside the repository. This file is
-/// the one that names them (to look for them) and is not scanned.
+/// Documents of the founders' folder outside the repository, spelled in
+/// pieces so that this file does not name them itself.
 const OUTSIDE_DOCUMENTS: [&str; 5] = [
-    "OIDC-REFERENCE",
-    "CLIENTS.md",
-    "BACKEND.md",
-    "PEERS.md",
-    "DESIGN.md",
+    concat!("OIDC-", "REFERENCE"),
+    concat!("CLIENTS", ".md"),
+    concat!("BACKEND", ".md"),
+    concat!("PEERS", ".md"),
+    concat!("DESIGN", ".md"),
 ];
 
 /// Whether `ups` times `../` from `file`'s folder leads above the repository's root.
@@ -926,17 +926,17 @@ fn no_tracked_file_refers_to_paths_outside_the_repository() {
         .iter()
         .filter_map(|f| Path::new(f).file_name()?.to_str())
         .collect();
-    // The founders' folder: `shared/` not preceded by a path character.
-    let shared = Regex::new(r"(^|[^A-Za-z0-9_./-])shared/").unwrap();
+    // The founders' folder, not preceded by a path character.
+    let shared = Regex::new(concat!(r"(^|[^A-Za-z0-9_./-])", "sha", "red/")).unwrap();
     let ups = Regex::new(r"(^|[^A-Za-z0-9_.-])((\.\./)+)").unwrap();
-    let machine = Regex::new(r"(^|[^A-Za-z0-9_.-])/work/").unwrap();
+    let machine = Regex::new(concat!(r"(^|[^A-Za-z0-9_.-])/", "work/")).unwrap();
     let mut offenders = Vec::new();
     for file in &tracked {
         let name = Path::new(file)
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("");
-        if ["Cargo.lock", "package-lock.json"].contains(&name) || *file == "tests/deploy.rs" {
+        if ["Cargo.lock", "package-lock.json"].contains(&name) {
             continue;
         }
         let Ok(content) = std::fs::read_to_string(repo().join(file)) else {
@@ -945,7 +945,7 @@ fn no_tracked_file_refers_to_paths_outside_the_repository() {
         for (n, line) in content.lines().enumerate() {
             let mut why = Vec::new();
             if shared.is_match(line) {
-                why.push("shared/".to_owned());
+                why.push(concat!("sha", "red/").to_owned());
             }
             for doc in OUTSIDE_DOCUMENTS {
                 // A document of that name inside the repository may be named.
@@ -960,7 +960,7 @@ fn no_tracked_file_refers_to_paths_outside_the_repository() {
                 }
             }
             if machine.is_match(line) {
-                why.push("/work/".to_owned());
+                why.push(concat!("/", "work/").to_owned());
             }
             if !why.is_empty() {
                 offenders.push(format!(
