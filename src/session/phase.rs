@@ -29,6 +29,8 @@ pub enum Flow {
     Human,
     /// `speculativeAuthenticate` in the hello.
     Speculative,
+    /// SCRAM-SHA-256 as the test-only set-up user (`[testing] setup_user`).
+    Scram,
 }
 
 impl Flow {
@@ -37,6 +39,7 @@ impl Flow {
             Flow::Machine => "machine",
             Flow::Human => "human",
             Flow::Speculative => "speculative",
+            Flow::Scram => "scram_setup_user",
         }
     }
 }
@@ -141,6 +144,8 @@ pub struct Policy<'a> {
     pub version: u64,
     pub registry: &'a IdpRegistry,
     pub grants: &'a Grants,
+    /// The set-up user's [`SetupUser::fingerprint`](crate::auth::scram_server::SetupUser), if one is configured.
+    pub setup: Option<u64>,
 }
 
 impl Phase {
@@ -204,6 +209,9 @@ impl Phase {
 /// Whether `session` still holds under `policy` at `now`; a reload also
 /// moves the session's IdP index and grant to the new config's.
 fn check(session: &mut SignedIn, policy: &Policy<'_>, peer: IpAddr, now: u64) -> Option<Expiry> {
+    if session.flow == Flow::Scram {
+        return check_setup_user(session, policy, now);
+    }
     if session.identity.expires_at <= now {
         return Some(Expiry::TokenExpired);
     }
@@ -241,6 +249,26 @@ fn check(session: &mut SignedIn, policy: &Policy<'_>, peer: IpAddr, now: u64) ->
         }
     }
     None
+}
+
+/// The set-up user has no token and no IdP: its sign-in holds while the
+/// same user, password and grant are configured (`idp_fingerprint` holds
+/// the set-up user's fingerprint) and the grant has not expired.
+fn check_setup_user(session: &mut SignedIn, policy: &Policy<'_>, now: u64) -> Option<Expiry> {
+    if session.runtime_version != policy.version {
+        if policy.setup != Some(session.idp_fingerprint) {
+            return Some(Expiry::GrantChanged);
+        }
+        session.runtime_version = policy.version;
+    }
+    match &session.access {
+        Access::Granted {
+            expires: Some(at), ..
+        } if SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(now) >= *at => {
+            Some(Expiry::GrantExpired)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +328,7 @@ mod tests {
                 version: self.version,
                 registry: &self.registry,
                 grants: &self.grants,
+                setup: None,
             }
         }
 
