@@ -637,7 +637,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.phase
                     .signed_in()
                     .filter(|s| s.expired.is_none())
-                    .map(|s| &s.identity),
+                    .map(|s| (&s.identity, s.flow == Flow::Scram)),
             ),
             Local::BuildInfo => match rt.backend.server_info().await {
                 Ok(info) => commands::build_info_for(&info, rt.test_commands),
