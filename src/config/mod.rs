@@ -859,7 +859,11 @@ backend_password_env = "DBA_PASSWORD"
             ),
             (
                 with("enable_test_commands = true\nsetup_user = \"a user\"\nsetup_password_env = \"P\"\nsetup_grant = \"setup\""),
-                "testing.setup_user: must be a non-empty name of printable ASCII characters without spaces",
+                "testing.setup_user: must be a non-empty name of printable ASCII characters without spaces or '/' (OIDC users are named '<prefix>/<principal>')",
+            ),
+            (
+                with("enable_test_commands = true\nsetup_user = \"okta/x\"\nsetup_password_env = \"P\"\nsetup_grant = \"setup\""),
+                "testing.setup_user: must be a non-empty name of printable ASCII characters without spaces or '/' (OIDC users are named '<prefix>/<principal>')",
             ),
             (
                 with("enable_test_commands = true\nsetup_password_env = \"P\""),

@@ -198,10 +198,12 @@ fn validate_setup_user(testing: &TestingConfig, grants: &[GrantConfig]) -> Resul
              testing.enable_test_commands = true, and must never be set in production",
         ));
     }
-    if user.is_empty() || !user.bytes().all(|b| b.is_ascii_graphic()) {
+    // '/' would let the name equal an OIDC user's `<prefix>/<principal>`.
+    if user.is_empty() || !user.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
         return Err(ConfigError::new(
             "testing.setup_user",
-            "must be a non-empty name of printable ASCII characters without spaces",
+            "must be a non-empty name of printable ASCII characters without spaces or '/' \
+             (OIDC users are named '<prefix>/<principal>')",
         ));
     }
     match (&testing.setup_password_env, &testing.setup_password_file) {
