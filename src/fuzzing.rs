@@ -709,6 +709,7 @@ pub fn hello(data: &[u8]) {
     let proxy = handshake::ProxyIdentity {
         service_id: bson::oid::ObjectId::from_bytes([7; 12]),
         max_message_size: wire::DEFAULT_MAX_MESSAGE_SIZE,
+        setup_user: None,
     };
     let answered = req.speculative.map(|_| {
         oidc::speculative_reply(
@@ -1421,6 +1422,7 @@ impl SessionModel {
             version: p.version,
             registry,
             grants,
+            setup: None,
         };
         if self.phase.resolve(&policy, PEER, self.now).is_some() {
             self.expired = true;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::AdminToken;
+use crate::auth::scram_server::SetupUser;
 use crate::auth::IdpRegistry;
 use crate::authz::{Grants, Secrets};
 use crate::backend::Backend;
@@ -43,6 +44,8 @@ pub struct Runtime {
     /// `[testing] enable_test_commands`: `configureFailPoint` is served and
     /// the fail points it sets apply.
     pub test_commands: bool,
+    /// `[testing] setup_user`: the test-only SCRAM-SHA-256 set-up user.
+    pub setup_user: Option<Arc<SetupUser>>,
 }
 
 impl Runtime {
@@ -67,8 +70,14 @@ impl Runtime {
             .as_ref()
             .map(AdminToken::from_config)
             .transpose()?;
+        let setup_user = SetupUser::from_config(
+            &config.testing,
+            &config.grant,
+            previous.and_then(|p| p.setup_user.as_ref()),
+        )?;
         Ok(Runtime {
             admin,
+            setup_user,
             version: VERSIONS.fetch_add(1, Ordering::Relaxed),
             limits: config.limits.clone(),
             drain: Duration::from_secs(config.shutdown.drain_secs),
@@ -146,7 +155,11 @@ impl Runtime {
             (Some(a), Some(b)) if a != b => parts.push("admin token changed".into()),
             _ => {}
         }
-        if old.testing != cfg.testing {
+        if old.testing.enable_test_commands == cfg.testing.enable_test_commands
+            && old.testing != cfg.testing
+        {
+            parts.push("SCRAM set-up user changed".into());
+        } else if old.testing != cfg.testing {
             parts.push(format!(
                 "test commands turned {}",
                 if new.test_commands {

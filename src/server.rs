@@ -157,9 +157,13 @@ impl Reloader {
         self.audit.reconfigure(next.config.audit.as_ref()).await?;
         let changes = current.changes(&next);
         let test_commands = next.test_commands;
+        let setup_user = next
+            .setup_user
+            .as_ref()
+            .map(|s| s.credentials.user().to_owned());
         self.shared.runtime.store(Arc::new(next));
         if test_commands {
-            warn_test_commands();
+            warn_test_commands(setup_user.as_deref());
         } else {
             // Turned off: a fail point set earlier must not fire if they come back.
             self.shared
@@ -180,12 +184,20 @@ impl Reload for Reloader {
 
 /// Test commands let an admin-granted session make the proxy fail commands
 /// and close connections: said at start-up and at every reload while on.
-fn warn_test_commands() {
+fn warn_test_commands(setup_user: Option<&str>) {
     warn!(
         "test commands are enabled ([testing] enable_test_commands = true): sessions whose \
          grant has admin = true may run configureFailPoint to fail commands and close \
          connections; never enable this in production"
     );
+    if let Some(user) = setup_user {
+        warn!(
+            setup_user = user,
+            "a SCRAM-SHA-256 set-up user is enabled ([testing] setup_user): it signs in with a \
+             password, without the identity provider, and gets the admin grant \
+             [testing] setup_grant names; never enable this in production"
+        );
+    }
 }
 
 /// Starts with a config loaded from `path`, which reloads re-read.
@@ -201,7 +213,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 async fn start_at(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
     let runtime = Runtime::build(config, None)?;
     if runtime.test_commands {
-        warn_test_commands();
+        let setup_user = runtime.setup_user.as_ref().map(|s| s.credentials.user());
+        warn_test_commands(setup_user);
     }
     let metrics = Arc::new(Metrics::new());
     let listen = runtime.config.listen.address;

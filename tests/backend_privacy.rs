@@ -113,3 +113,49 @@ async fn a_wrong_backend_password_shows_neither_the_user_nor_the_auth_source() {
     );
     env.stop().await;
 }
+
+/// What pymongo's test harness asks of a server (`usersInfo`, `createUser`,
+/// `getCmdLineOpts`, `serverStatus`) is relayed as the session's backend
+/// user: a session whose grant is an ordinary backend user (no `admin`)
+/// gets the backend's 13 and sees no backend user's name. (The test-only
+/// SCRAM set-up user relays them as its admin grant's backend user:
+/// tests/pymongo_suite.rs.)
+#[tokio::test]
+async fn a_session_without_admin_sees_no_backend_users() {
+    let env = ProxyEnv::start().await;
+    let mut c = env.client().await;
+    assert!(is_ok(
+        &c.sign_in(&env.token("alice", &["writers"], 600)).await
+    ));
+    let secrets = [support::proxy_env::READER.0, "root"];
+    let cases = [
+        (
+            rawdoc! { "usersInfo": 1, "$db": "admin" },
+            "not authorized on admin to execute command (action: viewUser)",
+        ),
+        (
+            rawdoc! { "usersInfo": 1, "$db": "app" },
+            "not authorized on app to execute command (action: viewUser)",
+        ),
+        (
+            rawdoc! { "getCmdLineOpts": 1, "$db": "admin" },
+            "not authorized on cluster to execute command (action: getCmdLineOpts)",
+        ),
+        (
+            rawdoc! { "serverStatus": 1, "$db": "admin" },
+            "not authorized on cluster to execute command (action: serverStatus)",
+        ),
+    ];
+    for (cmd, errmsg) in cases {
+        let reply = c.command(cmd).await;
+        assert_private(&reply, &secrets);
+        assert_eq!(error_of(&reply), (13, errmsg.to_owned()));
+    }
+    let create = c
+        .command(
+            rawdoc! { "createUser": "intruder", "pwd": "pw", "roles": ["root"], "$db": "admin" },
+        )
+        .await;
+    assert_eq!(error_of(&create).0, 13, "{}", text_of(&create));
+    env.stop().await;
+}

@@ -447,3 +447,51 @@ fn starts_listening(config: &str, env: &[(&str, &str)]) -> bool {
     let _ = child.wait();
     listening
 }
+
+#[test]
+fn check_refuses_a_scram_set_up_user_without_test_commands_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    mongo_oidc_proxy_devkit::devcerts::generate(&dir.path().join("certs"), &[]).unwrap();
+    let path = dir.path().join("proxy.toml");
+    let base = CONFIG
+        .replace("PREFIX", "okta")
+        .replace("[[grant]]\n", "[[grant]]\nname = \"setup\"\nadmin = true\n");
+    let with = |testing: &str| {
+        std::fs::write(&path, format!("{base}\n[testing]\n{testing}\n")).unwrap();
+        path.display().to_string()
+    };
+    let user = "setup_user = \"setup\"\nsetup_password_env = \"MOP_CLI_SETUP_PASSWORD\"\nsetup_grant = \"setup\"";
+    let env = [
+        ("MOP_CLI_TEST_PASSWORD", "pw"),
+        ("MOP_CLI_SETUP_PASSWORD", "setup-pw"),
+    ];
+    let out = proxy(&["check", "--config", &with(user)], &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(
+            "testing.setup_user: a SCRAM set-up user is a test-only back door: it needs \
+             testing.enable_test_commands = true, and must never be set in production"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    let on = format!("enable_test_commands = true\n{user}");
+    let out = proxy(&["check", "--config", &with(&on)], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = proxy(
+        &["check", "--config", &with(&on)],
+        &[
+            ("MOP_CLI_TEST_PASSWORD", "pw"),
+            ("MOP_CLI_SETUP_PASSWORD", "pässword"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(
+            "testing.setup_password_env: the password must be non-empty printable ASCII: \
+             SASLprep for other characters is not implemented"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -19,7 +19,12 @@
 //!   humans, chosen by `matchPattern`);
 //! - `MONGODB_URI`: the admin connection the tests set fail points with,
 //!   signed in as `test_machine` (`ENVIRONMENT:test`), whose grant has
-//!   `admin = true`; both proxies run with `[testing] enable_test_commands`.
+//!   `admin = true`; both proxies run with `[testing] enable_test_commands`;
+//! - `DB_IP`/`DB_PORT`/`DB_USER`/`DB_PASSWORD`: pymongo's own test set-up
+//!   (`client_context`, which the unified tests' runner uses for fail points
+//!   and `initialData`) signs in with SCRAM-SHA-256 as the first proxy's
+//!   test-only set-up user (`[testing] setup_user`), mapped to that same
+//!   admin grant, as the specification's test servers accept SCRAM for it.
 //!
 //! The tests' clients name themselves `appName=auth_oidc` (the application
 //! name the modules' fail points are scoped to, `OIDC_APP_NAME`'s default),
@@ -57,11 +62,17 @@ const CLIENT_ID: &str = "0oadp0hpl7q3UIehP297";
 const DOMAIN: &str = "mongo-oidc-proxy.test";
 /// The application name the test modules scope their fail points to.
 const APP_NAME: &str = "auth_oidc";
-/// The whole pytest run; it takes about two minutes on 2 cores.
+/// The whole pytest run; it takes about 35 s on 2 cores.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(600);
 
 const RW: (&str, &str) = ("oidc_suite_rw", "oidc-suite-rw-password");
 const ADMIN: (&str, &str) = ("oidc_suite_admin", "oidc-suite-admin-password");
+/// pymongo's set-up user (`DB_USER`/`DB_PASSWORD`), the proxy's test-only
+/// SCRAM user. Its harness looks `DB_USER` up with `usersInfo` (relayed, as
+/// the admin grant's backend user) and creates it when absent, which the
+/// unauthenticated client it uses for that cannot: so it bears the name of
+/// the backend user its grant relays as.
+const SETUP: (&str, &str) = (ADMIN.0, "oidc-suite-setup-password");
 
 /// Tests skipped against the proxy, in both modules: `Class::test` (`*`: every
 /// test of the class) and a fragment of the reason pytest reports.
@@ -74,12 +85,6 @@ const EXPECTED_SKIPS: &[(&str, &str)] = &[
     (
         "TestAuthOIDCMachine::test_5_2_azure_with_bad_username",
         "Test is only supported on Azure",
-    ),
-    // pymongo's own set-up client signs in with SCRAM wherever the server
-    // has authentication on; the proxy offers only MONGODB-OIDC.
-    (
-        "TestUnifiedMongodbOidcNoRetry::*",
-        "Cannot connect to MongoDB on 127.0.0.1:",
     ),
 ];
 
@@ -130,8 +135,8 @@ fn config(port: u16, idps: &Value, backend: &str, dir: &Path) -> String {
         "identity_providers_json = '''{idps}'''\n\n\
          [listen]\naddress = \"127.0.0.1:{port}\"\ntls_cert = {cert}\ntls_key = {key}\n\n\
          [backend]\nuri = {backend}\n\n\
-         [testing]\nenable_test_commands = true\n\n\
-         [[grant]]\nuser = \"test2/test_machine\"\nbackend_user = {admin}\nbackend_password_file = {admin_pw}\nadmin = true\n\n\
+         [testing]\nenable_test_commands = true\nsetup_user = {setup}\nsetup_password_file = {setup_pw}\nsetup_grant = \"suite-admin\"\n\n\
+         [[grant]]\nname = \"suite-admin\"\nuser = \"test2/test_machine\"\nbackend_user = {admin}\nbackend_password_file = {admin_pw}\nadmin = true\n\n\
          [[grant]]\nrole = \"test1/readWrite\"\nbackend_user = {rw}\nbackend_password_file = {rw_pw}\n\n\
          [[grant]]\nrole = \"test2/readWrite\"\nbackend_user = {rw}\nbackend_password_file = {rw_pw}\n",
         cert = path(files.join("server.pem")),
@@ -141,6 +146,8 @@ fn config(port: u16, idps: &Value, backend: &str, dir: &Path) -> String {
         admin_pw = path(dir.join("admin.password")),
         rw = toml_str(RW.0),
         rw_pw = path(dir.join("rw.password")),
+        setup = toml_str(SETUP.0),
+        setup_pw = path(dir.join("setup.password")),
     )
 }
 
@@ -284,6 +291,7 @@ async fn pymongo_oidc_test_modules_pass_against_the_proxy() {
     write_tokens(&tokens, "test_machine", &issuer2, "test_machine");
     std::fs::write(dir.path().join("rw.password"), RW.1).expect("password file");
     std::fs::write(dir.path().join("admin.password"), ADMIN.1).expect("password file");
+    std::fs::write(dir.path().join("setup.password"), SETUP.1).expect("password file");
 
     let (single_port, multi_port) = (free_port(), free_port());
     let single_cfg = dir.path().join("single.toml");
@@ -326,12 +334,16 @@ async fn pymongo_oidc_test_modules_pass_against_the_proxy() {
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("MONGODB_URI", &admin_uri)
-        // pymongo's own test set-up (client_context) signs in with SCRAM
-        // (DB_USER/DB_PASSWORD) wherever it finds auth on: pointed at the
-        // proxy it would fail every test; at a closed port it leaves only
-        // the unified tests, which need it, skipped.
-        .env("DB_IP", "127.0.0.1")
-        .env("DB_PORT", free_port().to_string())
+        // pymongo's own test set-up (client_context) finds authentication
+        // on and signs in with SCRAM as DB_USER/DB_PASSWORD: the proxy's
+        // set-up user. Over TLS with the proxy's CA and no client
+        // certificate (CLIENT_PEM empty).
+        .env("DB_IP", "localhost")
+        .env("DB_PORT", single_port.to_string())
+        .env("DB_USER", SETUP.0)
+        .env("DB_PASSWORD", SETUP.1)
+        .env("CA_PEM", shared_files().join("ca.pem"))
+        .env("CLIENT_PEM", "")
         .env("MONGODB_URI_SINGLE", uri(single_port, &app))
         .env("MONGODB_URI_MULTI", uri(multi_port, &app))
         .env("OIDC_TOKEN_DIR", &tokens)
@@ -372,6 +384,14 @@ async fn pymongo_oidc_test_modules_pass_against_the_proxy() {
     let fired = single.count("Activating 'failCommand' failpoint");
     let set = single.count("Set failpoint failCommand");
     eprintln!("  fail points set: {set}, fired: {fired}");
+    let log = single.log();
+    let scram = |what: &str| {
+        log.lines()
+            .filter(|l| l.contains(what) && l.contains("scram_setup_user"))
+            .count()
+    };
+    let (scram_ok, scram_failed) = (scram("\"signed in\""), scram("authentication failed"));
+    eprintln!("  set-up user SCRAM sign-ins: {scram_ok}, failed: {scram_failed}");
     let unexpected_skips: Vec<&(String, String)> = results
         .skipped
         .iter()
@@ -392,15 +412,19 @@ async fn pymongo_oidc_test_modules_pass_against_the_proxy() {
         tail(&single.log(), 20_000),
     );
     // Both modules: 47 prose tests and the unified file's 6 each; 2 Azure
-    // and 6 unified skips, 1 defective test each.
+    // skips and 1 defective test each.
     assert_eq!(
         (
             results.passed.len(),
             results.failed.len(),
             results.skipped.len()
         ),
-        (88, 2, 16),
+        (100, 2, 4),
         "passed, failed, skipped"
+    );
+    assert!(
+        scram_ok >= 1 && scram_failed == 0,
+        "pymongo's set-up client signed in as the SCRAM set-up user ({scram_ok}) and never failed ({scram_failed})"
     );
     assert!(
         set >= 40 && fired >= 40,

@@ -710,3 +710,211 @@ async fn reload_warns_while_on_and_clears_fail_points_when_turned_off() {
     assert!(proxy.wait_for_more("configuration reloaded", 2, wait).await);
     assert!(is_ok(&root.command(ping()).await));
 }
+
+/// `[testing]` with the SCRAM set-up user `setup`, mapped to the admin grant.
+fn setup_user_extra(password_file: &std::path::Path) -> String {
+    testing_extra(true)
+        .replace("[[grant]]\n", "[[grant]]\nname = \"setup-admin\"\n")
+        .replace(
+            "enable_test_commands = true\n",
+            &format!(
+                "enable_test_commands = true\nsetup_user = \"setup\"\nsetup_password_file = {:?}\nsetup_grant = \"setup-admin\"\n",
+                password_file.display().to_string()
+            ),
+        )
+}
+
+fn scram_start(payload: &[u8], skip_empty_exchange: bool) -> RawDocumentBuf {
+    rawdoc! {
+        "saslStart": 1, "mechanism": "SCRAM-SHA-256",
+        "payload": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: payload.to_vec() },
+        "autoAuthorize": 1, "options": { "skipEmptyExchange": skip_empty_exchange }, "$db": "admin",
+    }
+}
+
+fn scram_continue(payload: &[u8]) -> RawDocumentBuf {
+    rawdoc! {
+        "saslContinue": 1, "conversationId": 1,
+        "payload": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: payload.to_vec() },
+        "$db": "admin",
+    }
+}
+
+fn payload_of(reply: &RawDocumentBuf) -> Vec<u8> {
+    reply
+        .get_binary("payload")
+        .unwrap_or_else(|_| panic!("no payload: {reply:?}"))
+        .bytes
+        .to_vec()
+}
+
+/// Runs client-first and client-final; returns the client and the reply to
+/// client-final.
+async fn scram_exchange(
+    c: &mut WireClient,
+    password: &str,
+    skip: bool,
+) -> (
+    mongo_oidc_proxy::backend::scram::ScramSha256,
+    Vec<u8>,
+    RawDocumentBuf,
+) {
+    use mongo_oidc_proxy::backend::scram::{SaltedPasswordCache, ScramSha256};
+    let mut client = ScramSha256::new("setup", password).unwrap();
+    let first = c.command(scram_start(&client.client_first(), skip)).await;
+    assert_eq!(first.get_bool("done").ok(), Some(false), "{first:?}");
+    let last = client
+        .client_final(&payload_of(&first), &SaltedPasswordCache::new())
+        .unwrap();
+    let reply = c.command(scram_continue(&last)).await;
+    (client, last, reply)
+}
+
+#[tokio::test]
+async fn the_scram_set_up_user_signs_in_with_the_admin_grant() {
+    let idp = mongo_oidc_proxy_devkit::devidp::DevIdp::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        proxy_env::dev_idp_options(),
+    )
+    .await
+    .expect("IdP");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let password_file = dir.path().join("setup.password");
+    std::fs::write(&password_file, "setup-password\n").expect("password file");
+    let port = support::free_port();
+    let path = dir.path().join("proxy.toml");
+    let text = proxy_env::config_text(idp.issuer(), "", &setup_user_extra(&password_file)).replace(
+        "address = \"127.0.0.1:0\"",
+        &format!("address = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&path, text).expect("write config");
+    let proxy = ProxyProcess::start(&path, port).await;
+    assert_eq!(
+        proxy.count("a SCRAM-SHA-256 set-up user is enabled ([testing] setup_user)"),
+        1,
+        "{}",
+        proxy.log()
+    );
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let ca = shared_files().join("ca.pem");
+
+    // hello lists SCRAM-SHA-256 for the set-up user only.
+    let mut c = WireClient::connect(addr, &ca).await;
+    for (asked, mechanism) in [
+        ("admin.setup", "SCRAM-SHA-256"),
+        ("admin.someone", "MONGODB-OIDC"),
+        ("$external.setup", "MONGODB-OIDC"),
+    ] {
+        let reply = c
+            .command(rawdoc! { "hello": 1, "saslSupportedMechs": asked, "$db": "admin" })
+            .await;
+        let mechs = reply.get_array("saslSupportedMechs").unwrap();
+        let listed: Vec<&str> = mechs.into_iter().filter_map(|m| m.ok()?.as_str()).collect();
+        assert_eq!(listed, vec![mechanism], "{asked}");
+    }
+
+    // A wrong password: the generic 18, and the log never quotes the proof.
+    let (_, last, reply) = scram_exchange(&mut c, "wrong-password", true).await;
+    assert_eq!(error_of(&reply), (18, "Authentication failed.".into()));
+    let proof = std::str::from_utf8(&last)
+        .unwrap()
+        .rsplit_once(",p=")
+        .unwrap()
+        .1
+        .to_owned();
+    assert!(
+        proxy
+            .wait_for_log("client proof does not match", Duration::from_secs(10))
+            .await,
+        "{}",
+        proxy.log()
+    );
+    assert!(!proxy.log().contains(&proof), "{}", proxy.log());
+    // An unknown user and a wrong database fail the same way.
+    let unknown = c
+        .command(scram_start(b"n,,n=someone,r=abcdefghijklmnop", true))
+        .await;
+    assert_eq!(error_of(&unknown), (18, "Authentication failed.".into()));
+    let on_test = rawdoc! {
+        "saslStart": 1, "mechanism": "SCRAM-SHA-256",
+        "payload": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: b"n,,n=setup,r=abcdefghijklmnop".to_vec() },
+        "$db": "test",
+    };
+    assert_eq!(
+        error_of(&c.command(on_test).await),
+        (18, "Authentication failed.".into())
+    );
+    assert_eq!(
+        error_of(&c.command(find()).await),
+        (13, "Command find requires authentication".into())
+    );
+
+    // The right password, skipEmptyExchange: done at server-final, whose
+    // signature proves the proxy holds the credentials.
+    let (mut client, last, reply) = scram_exchange(&mut c, "setup-password", true).await;
+    assert_eq!(reply.get_bool("done").ok(), Some(true), "{reply:?}");
+    client.verify_server_final(&payload_of(&reply)).unwrap();
+    // A replayed client-final finds no conversation.
+    assert_eq!(
+        c.command(scram_continue(&last)).await,
+        rawdoc! { "ok": 0.0, "errmsg": "No SASL session state found", "code": 17, "codeName": "ProtocolError" }
+    );
+    // Signed in with the admin grant: fail points, and relayed commands as
+    // its backend user.
+    assert_eq!(
+        c.command(rawdoc! { "configureFailPoint": "failCommand", "mode": "off", "$db": "admin" })
+            .await,
+        rawdoc! { "count": 0i64, "ok": 1.0 }
+    );
+    assert!(is_ok(&c.command(find()).await));
+    let status = c
+        .command(rawdoc! { "connectionStatus": 1, "$db": "admin" })
+        .await;
+    assert_eq!(
+        status,
+        rawdoc! { "authInfo": { "authenticatedUsers": [{ "user": "setup", "db": "admin" }], "authenticatedUserRoles": [] }, "ok": 1.0 }
+    );
+    assert!(
+        proxy.log().lines().any(|l| l.contains("\"signed in\"")
+            && l.contains("scram_setup_user")
+            && l.contains(WRITER.0)),
+        "{}",
+        proxy.log()
+    );
+
+    // Without skipEmptyExchange: server-final with done false, then an
+    // empty message ends the conversation.
+    let mut c = WireClient::connect(addr, &ca).await;
+    let (mut client, _, reply) = scram_exchange(&mut c, "setup-password", false).await;
+    assert_eq!(reply.get_bool("done").ok(), Some(false), "{reply:?}");
+    client.verify_server_final(&payload_of(&reply)).unwrap();
+    let done = c.command(scram_continue(b"")).await;
+    assert_eq!(done.get_bool("done").ok(), Some(true), "{done:?}");
+    assert!(is_ok(&c.command(find()).await));
+}
+
+#[tokio::test]
+async fn scram_is_refused_as_before_without_a_set_up_user() {
+    let start = || scram_start(b"n,,n=setup,r=abcdefghijklmnop", true);
+    let not_enabled = (
+        334,
+        "Received authentication for mechanism SCRAM-SHA-256 which is not enabled".to_owned(),
+    );
+    for on in [false, true] {
+        let env = proxy(on).await;
+        let mut c = env.client().await;
+        assert_eq!(error_of(&c.command(start()).await), not_enabled, "{on}");
+        let reply = c
+            .command(rawdoc! { "hello": 1, "saslSupportedMechs": "admin.setup", "$db": "admin" })
+            .await;
+        assert_eq!(
+            reply
+                .get_array("saslSupportedMechs")
+                .unwrap()
+                .get_str(0)
+                .ok(),
+            Some("MONGODB-OIDC")
+        );
+        env.stop().await;
+    }
+}

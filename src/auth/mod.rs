@@ -6,6 +6,7 @@ pub mod idp;
 pub mod jwks;
 pub mod jwt;
 pub mod oidc;
+pub mod scram_server;
 #[cfg(test)]
 mod shapes;
 
@@ -58,6 +59,9 @@ pub enum AuthFailure {
     Claim(String),
     #[error("principal name changed between step 1 '{hint}' and step 2 '{principal}'")]
     PrincipalChanged { hint: String, principal: String },
+    /// The test-only SCRAM set-up user's conversation failed.
+    #[error("SCRAM-SHA-256 set-up user: {0}")]
+    Scram(#[from] scram_server::ScramServerError),
 }
 
 impl AuthFailure {
@@ -77,6 +81,7 @@ impl AuthFailure {
             AuthFailure::NotYetValid => "not_yet_valid",
             AuthFailure::Claim(_) => "claim",
             AuthFailure::PrincipalChanged { .. } => "principal_changed",
+            AuthFailure::Scram(_) => "scram_setup_user",
         }
     }
 }

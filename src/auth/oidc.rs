@@ -250,6 +250,13 @@ fn missing(cmd: &str, field: &str) -> MongoError {
 
 /// Parses `saslStart`, checking the mechanism and database as mongod does.
 pub fn parse_sasl_start<'a>(body: &'a RawDocument, db: &str) -> Result<SaslStart<'a>, MongoError> {
+    let start = parse_sasl_start_any(body)?;
+    check_mechanism(start.mechanism, db)?;
+    Ok(start)
+}
+
+/// Parses `saslStart` whatever its mechanism: the caller chooses it.
+pub fn parse_sasl_start_any(body: &RawDocument) -> Result<SaslStart<'_>, MongoError> {
     let fields = read_sasl_fields("saslStart", body)?;
     let mechanism = fields
         .mechanism
@@ -257,7 +264,6 @@ pub fn parse_sasl_start<'a>(body: &'a RawDocument, db: &str) -> Result<SaslStart
     let payload = fields
         .payload
         .ok_or_else(|| missing("saslStart", "payload"))?;
-    check_mechanism(mechanism, db)?;
     Ok(SaslStart { mechanism, payload })
 }
 
@@ -347,7 +353,7 @@ pub fn speculative_reply(
     doc
 }
 
-fn append_payload(doc: &mut RawDocumentBuf, bytes: &[u8], encoding: PayloadEncoding) {
+pub(crate) fn append_payload(doc: &mut RawDocumentBuf, bytes: &[u8], encoding: PayloadEncoding) {
     match encoding {
         PayloadEncoding::Binary => {
             doc.append(

@@ -112,6 +112,22 @@ impl Grants {
     }
 }
 
+impl Grants {
+    /// Grant `index` itself, whoever asks: the test-only SCRAM set-up user
+    /// gets the grant `[testing] setup_grant` names, unless it has expired.
+    pub fn by_index(&self, index: usize, now: SystemTime) -> Decision {
+        match self.rules.get(index) {
+            Some(g) if g.expires.is_none_or(|e| now < e) => Decision::Granted {
+                grant: index,
+                backend: g.backend.clone(),
+                expires: g.expires,
+                admin: g.admin,
+            },
+            _ => Decision::Denied,
+        }
+    }
+}
+
 /// A grant that names a caller, for `check --sign-in`: which backend user
 /// it gives and under which conditions.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -128,6 +128,9 @@ pub struct IdentityProviderConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantConfig {
+    /// A name other settings refer to the grant by (`[testing] setup_grant`).
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default)]
     pub role: Option<String>,
     #[serde(default)]
@@ -273,6 +276,21 @@ pub struct TestingConfig {
     /// sessions whose grant has `admin = true`. Off by default, as on mongod.
     #[serde(default)]
     pub enable_test_commands: bool,
+    /// A set-up user that signs in with SCRAM-SHA-256 on `admin`, as drivers'
+    /// test harnesses do to set fail points and write test data. Test-only:
+    /// refused unless `enable_test_commands` is on.
+    #[serde(default)]
+    pub setup_user: Option<String>,
+    /// The set-up user's password, in this environment variable ...
+    #[serde(default)]
+    pub setup_password_env: Option<String>,
+    /// ... or in this file (relative to the config file).
+    #[serde(default)]
+    pub setup_password_file: Option<PathBuf>,
+    /// The `name` of the `[[grant]]` (with `admin = true`) the set-up user's
+    /// sessions get: they relay as its backend user.
+    #[serde(default)]
+    pub setup_grant: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -469,6 +487,9 @@ impl Config {
             fix(&mut audit.path);
         }
         if let Some(f) = self.admin.as_mut().and_then(|a| a.token_file.as_mut()) {
+            fix(f);
+        }
+        if let Some(f) = self.testing.setup_password_file.as_mut() {
             fix(f);
         }
     }
@@ -803,6 +824,64 @@ backend_password_env = "DBA_PASSWORD"
         assert!(Config::parse(&on).unwrap().testing.enable_test_commands);
         let err = error_for(|s| format!("{s}\n[testing]\nenable_fail_points = true\n"));
         assert!(err.contains("unknown field `enable_fail_points`"), "{err}");
+    }
+
+    #[test]
+    fn the_scram_set_up_user_needs_test_commands_and_an_admin_grant() {
+        let named = GOOD.replace("[[grant]]\n", "[[grant]]\nname = \"setup\"\nadmin = true\n");
+        let with = |testing: &str| format!("{named}\n[testing]\n{testing}\n");
+        let ok = with("enable_test_commands = true\nsetup_user = \"u\"\nsetup_password_env = \"P\"\nsetup_grant = \"setup\"");
+        let t = Config::parse(&ok).unwrap().testing;
+        assert_eq!(
+            (t.setup_user.as_deref(), t.setup_grant.as_deref()),
+            (Some("u"), Some("setup"))
+        );
+        let cases = [
+            (
+                with("setup_user = \"u\"\nsetup_password_env = \"P\"\nsetup_grant = \"setup\""),
+                "testing.setup_user: a SCRAM set-up user is a test-only back door: it needs testing.enable_test_commands = true, and must never be set in production",
+            ),
+            (
+                with("enable_test_commands = true\nsetup_user = \"u\"\nsetup_grant = \"setup\""),
+                "testing.setup_password_env: the set-up user needs a password: name an environment variable (setup_password_env) or a file (setup_password_file)",
+            ),
+            (
+                with("enable_test_commands = true\nsetup_user = \"u\"\nsetup_password_env = \"P\"\nsetup_password_file = \"f\"\nsetup_grant = \"setup\""),
+                "testing.setup_password_env: set either setup_password_env or setup_password_file, not both",
+            ),
+            (
+                with("enable_test_commands = true\nsetup_user = \"u\"\nsetup_password_env = \"P\""),
+                "testing.setup_grant: name the [[grant]] (by its name) whose backend user the set-up user's sessions relay as",
+            ),
+            (
+                with("enable_test_commands = true\nsetup_user = \"u\"\nsetup_password_env = \"P\"\nsetup_grant = \"other\""),
+                "testing.setup_grant: no [[grant]] has name = \"other\"",
+            ),
+            (
+                with("enable_test_commands = true\nsetup_user = \"a user\"\nsetup_password_env = \"P\"\nsetup_grant = \"setup\""),
+                "testing.setup_user: must be a non-empty name of printable ASCII characters without spaces or '/' (OIDC users are named '<prefix>/<principal>')",
+            ),
+            (
+                with("enable_test_commands = true\nsetup_user = \"okta/x\"\nsetup_password_env = \"P\"\nsetup_grant = \"setup\""),
+                "testing.setup_user: must be a non-empty name of printable ASCII characters without spaces or '/' (OIDC users are named '<prefix>/<principal>')",
+            ),
+            (
+                with("enable_test_commands = true\nsetup_password_env = \"P\""),
+                "testing.setup_password_env: needs testing.setup_user",
+            ),
+            (
+                format!("{GOOD}\n[testing]\nenable_test_commands = true\nsetup_user = \"u\"\nsetup_password_env = \"P\"\nsetup_grant = \"setup\"\n")
+                    .replace("[[grant]]\n", "[[grant]]\nname = \"setup\"\n"),
+                "testing.setup_grant: grant 'setup' does not have admin = true; the set-up user sets fail points, which only an admin grant may",
+            ),
+            (
+                format!("{named}\n[[grant]]\nname = \"setup\"\nrole = \"okta/x\"\nbackend_user = \"x\"\nbackend_password_env = \"X\"\n"),
+                "grant[1].name: 'setup' names another grant already; grant names must be unique",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Config::parse(&text).unwrap_err().to_string(), want);
+        }
     }
 
     #[test]

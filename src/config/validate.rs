@@ -6,7 +6,7 @@
 //! file-descriptor limit) is refused by that module's constructor, which
 //! start-up and `check` both call.
 
-use super::{AdminConfig, Config, DEFAULT_MAX_MESSAGE_SIZE};
+use super::{AdminConfig, Config, GrantConfig, TestingConfig, DEFAULT_MAX_MESSAGE_SIZE};
 
 /// A config problem: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,7 +141,108 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "configure at least one [[grant]]; without one every session is refused",
         ));
     }
+    validate_grant_names(&config.grant)?;
+    validate_setup_user(&config.testing, &config.grant)
+}
+
+fn validate_grant_names(grants: &[GrantConfig]) -> Result<(), ConfigError> {
+    for (i, g) in grants.iter().enumerate() {
+        let Some(name) = g.name.as_deref() else {
+            continue;
+        };
+        if name.is_empty() {
+            return Err(ConfigError::new(
+                format!("grant[{i}].name"),
+                "must not be empty; remove it or name the grant",
+            ));
+        }
+        if grants
+            .iter()
+            .take(i)
+            .any(|o| o.name.as_deref() == Some(name))
+        {
+            return Err(ConfigError::new(
+                format!("grant[{i}].name"),
+                format!("'{name}' names another grant already; grant names must be unique"),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// The test-only SCRAM set-up user: only with test commands on, with one
+/// password source, mapped to an existing admin grant.
+fn validate_setup_user(testing: &TestingConfig, grants: &[GrantConfig]) -> Result<(), ConfigError> {
+    let Some(user) = testing.setup_user.as_deref() else {
+        for (field, set) in [
+            (
+                "testing.setup_password_env",
+                testing.setup_password_env.is_some(),
+            ),
+            (
+                "testing.setup_password_file",
+                testing.setup_password_file.is_some(),
+            ),
+            ("testing.setup_grant", testing.setup_grant.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::new(field, "needs testing.setup_user"));
+            }
+        }
+        return Ok(());
+    };
+    if !testing.enable_test_commands {
+        return Err(ConfigError::new(
+            "testing.setup_user",
+            "a SCRAM set-up user is a test-only back door: it needs \
+             testing.enable_test_commands = true, and must never be set in production",
+        ));
+    }
+    // '/' would let the name equal an OIDC user's `<prefix>/<principal>`.
+    if user.is_empty() || !user.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+        return Err(ConfigError::new(
+            "testing.setup_user",
+            "must be a non-empty name of printable ASCII characters without spaces or '/' \
+             (OIDC users are named '<prefix>/<principal>')",
+        ));
+    }
+    match (&testing.setup_password_env, &testing.setup_password_file) {
+        (Some(var), None) if !var.is_empty() => {}
+        (None, Some(_)) => {}
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "testing.setup_password_env",
+                "set either setup_password_env or setup_password_file, not both",
+            ))
+        }
+        _ => {
+            return Err(ConfigError::new(
+                "testing.setup_password_env",
+                "the set-up user needs a password: name an environment variable \
+                 (setup_password_env) or a file (setup_password_file)",
+            ))
+        }
+    }
+    let Some(name) = testing.setup_grant.as_deref() else {
+        return Err(ConfigError::new(
+            "testing.setup_grant",
+            "name the [[grant]] (by its name) whose backend user the set-up user's sessions relay as",
+        ));
+    };
+    match grants.iter().find(|g| g.name.as_deref() == Some(name)) {
+        None => Err(ConfigError::new(
+            "testing.setup_grant",
+            format!("no [[grant]] has name = \"{name}\""),
+        )),
+        Some(g) if !g.admin => Err(ConfigError::new(
+            "testing.setup_grant",
+            format!(
+                "grant '{name}' does not have admin = true; the set-up user sets fail points, \
+                 which only an admin grant may"
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// The token's source must be unambiguous, and the endpoints need the

@@ -180,11 +180,17 @@ fn cstr_of(name: &str) -> &bson::raw::CStr {
 }
 
 /// `connectionStatus`, reporting the signed-in user as mongod would.
-pub fn connection_status(identity: Option<&Identity>) -> RawDocumentBuf {
+/// `scram`: the test-only SCRAM set-up user, who lives on `admin`.
+pub fn connection_status(identity: Option<(&Identity, bool)>) -> RawDocumentBuf {
     let mut users = bson::RawArrayBuf::new();
     let mut roles = bson::RawArrayBuf::new();
-    if let Some(id) = identity {
-        users.push(rawdoc! { "user": id.user.as_str(), "db": crate::auth::oidc::EXTERNAL_DB });
+    if let Some((id, scram)) = identity {
+        let db = if scram {
+            crate::auth::scram_server::DB
+        } else {
+            crate::auth::oidc::EXTERNAL_DB
+        };
+        users.push(rawdoc! { "user": id.user.as_str(), "db": db });
         for role in &id.roles {
             roles.push(rawdoc! { "role": role.as_str(), "db": "admin" });
         }

@@ -295,6 +295,30 @@ fn configure_fail_point(command: &Command<'_>, phase: &Phase, inputs: Inputs) ->
     }
 }
 
+/// The mechanism a `saslStart` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Oidc,
+    /// The test-only set-up user's SCRAM-SHA-256 (`[testing] setup_user`).
+    Scram,
+}
+
+/// MONGODB-OIDC on `$external`; SCRAM-SHA-256 only when a set-up user is
+/// configured and test commands are on (its database is checked by the
+/// conversation, where a wrong one fails with 18 as an unknown user does).
+/// Anything else is refused as mongod refuses a mechanism it has not enabled.
+pub fn sasl_mechanism(
+    mechanism: &str,
+    db: &str,
+    inputs: Inputs,
+    setup_user: bool,
+) -> Result<SaslMechanism, MongoError> {
+    if inputs.test_commands && setup_user && mechanism == crate::auth::scram_server::MECHANISM {
+        return Ok(SaslMechanism::Scram);
+    }
+    crate::auth::oidc::check_mechanism(mechanism, db).map(|()| SaslMechanism::Oidc)
+}
+
 /// The rule for a message that did not decode: an error reply where the
 /// client awaits one, else the connection is closed.
 pub fn decide_malformed(err: &DecodeError) -> Action {
@@ -489,6 +513,41 @@ mod tests {
             Action::Refuse { error, reason } => Some((error.code, *reason)),
             _ => None,
         }
+    }
+
+    #[test]
+    fn scram_runs_only_for_a_configured_set_up_user_with_test_commands_on() {
+        let scram = "SCRAM-SHA-256";
+        assert_eq!(
+            sasl_mechanism(scram, "admin", TESTING, true),
+            Ok(SaslMechanism::Scram)
+        );
+        assert_eq!(
+            sasl_mechanism("MONGODB-OIDC", "$external", TESTING, true),
+            Ok(SaslMechanism::Oidc)
+        );
+        let refused = |mechanism: &str, db: &str, inputs: Inputs, setup: bool| {
+            let e = sasl_mechanism(mechanism, db, inputs, setup).unwrap_err();
+            (e.code, e.errmsg)
+        };
+        let not_enabled = |m: &str| {
+            (
+                334,
+                format!("Received authentication for mechanism {m} which is not enabled"),
+            )
+        };
+        // Exactly today's refusal when test commands are off or no set-up user is configured.
+        assert_eq!(refused(scram, "admin", SERVING, true), not_enabled(scram));
+        assert_eq!(refused(scram, "admin", SERVING, false), not_enabled(scram));
+        assert_eq!(refused(scram, "admin", TESTING, false), not_enabled(scram));
+        assert_eq!(
+            refused("SCRAM-SHA-1", "admin", TESTING, true),
+            not_enabled("SCRAM-SHA-1")
+        );
+        assert_eq!(
+            refused("PLAIN", "$external", TESTING, true),
+            not_enabled("PLAIN")
+        );
     }
 
     #[test]

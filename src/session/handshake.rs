@@ -14,7 +14,8 @@ pub struct HelloRequest<'a> {
     pub is_hello: bool,
     pub hello_ok: bool,
     pub load_balanced: bool,
-    pub sasl_supported_mechs: bool,
+    /// `saslSupportedMechs: "<db>.<user>"`: whose mechanisms to list.
+    pub sasl_supported_mechs: Option<&'a str>,
     pub speculative: Option<&'a RawDocument>,
     /// `client.application.name`: the client's `appName`.
     pub app_name: Option<&'a str>,
@@ -47,7 +48,7 @@ pub fn parse_hello<'a>(name: &str, body: &'a RawDocument) -> Result<HelloRequest
         match key.as_str() {
             "helloOk" => req.hello_ok = truthy(value),
             "loadBalanced" => req.load_balanced = truthy(value),
-            "saslSupportedMechs" => req.sasl_supported_mechs = true,
+            "saslSupportedMechs" => req.sasl_supported_mechs = Some(value.as_str().unwrap_or("")),
             "client" => req.app_name = app_name(value)?,
             "speculativeAuthenticate" => match value {
                 RawBsonRef::Document(doc) if doc.iter().next().is_some() => {
@@ -101,11 +102,31 @@ fn truthy(v: RawBsonRef<'_>) -> bool {
 
 /// Per-process values that stay the same across connections.
 #[derive(Debug, Clone)]
-pub struct ProxyIdentity {
+pub struct ProxyIdentity<'a> {
     /// Returned as `serviceId` to load-balanced clients.
     pub service_id: bson::oid::ObjectId,
     /// The largest message the proxy accepts from a client.
     pub max_message_size: usize,
+    /// `[testing] setup_user`, the one user that signs in with SCRAM.
+    pub setup_user: Option<&'a str>,
+}
+
+/// The mechanisms `saslSupportedMechs: "<db>.<user>"` lists: SCRAM-SHA-256
+/// for the test-only set-up user on `admin`, MONGODB-OIDC for everyone else
+/// (the proxy knows no other users; listing OIDC is its design, where
+/// mongod omits it).
+pub fn supported_mechs(requested: &str, setup_user: Option<&str>) -> &'static str {
+    let setup = setup_user.is_some_and(|user| {
+        requested
+            .strip_prefix(crate::auth::scram_server::DB)
+            .and_then(|rest| rest.strip_prefix('.'))
+            == Some(user)
+    });
+    if setup {
+        crate::auth::scram_server::MECHANISM
+    } else {
+        crate::auth::oidc::MECHANISM
+    }
 }
 
 /// Builds the hello reply. `speculative` is the answer to a
@@ -113,7 +134,7 @@ pub struct ProxyIdentity {
 pub fn hello_reply(
     req: &HelloRequest<'_>,
     info: &ServerInfo,
-    proxy: &ProxyIdentity,
+    proxy: &ProxyIdentity<'_>,
     connection_id: i32,
     speculative: Option<RawDocumentBuf>,
 ) -> RawDocumentBuf {
@@ -146,9 +167,9 @@ pub fn hello_reply(
     if req.load_balanced {
         doc.append(cstr!("serviceId"), proxy.service_id);
     }
-    if req.sasl_supported_mechs {
+    if let Some(requested) = req.sasl_supported_mechs {
         let mut mechs = bson::RawArrayBuf::new();
-        mechs.push(crate::auth::oidc::MECHANISM);
+        mechs.push(supported_mechs(requested, proxy.setup_user));
         doc.append(cstr!("saslSupportedMechs"), mechs);
     }
     if let Some(spec) = speculative {
@@ -194,5 +215,28 @@ mod tests {
             "The 'client.application.name' field must be less than or equal to 128 bytes in length"
         );
         assert_eq!(client_app_name(&long), None);
+    }
+
+    #[test]
+    fn scram_is_listed_for_the_set_up_user_only() {
+        for (requested, setup, want) in [
+            ("admin.setup", Some("setup"), "SCRAM-SHA-256"),
+            ("admin.setup", None, "MONGODB-OIDC"),
+            ("admin.other", Some("setup"), "MONGODB-OIDC"),
+            ("test.setup", Some("setup"), "MONGODB-OIDC"),
+            ("admin.setupx", Some("setup"), "MONGODB-OIDC"),
+            ("adminsetup", Some("setup"), "MONGODB-OIDC"),
+            ("$external.setup", Some("setup"), "MONGODB-OIDC"),
+            ("", Some("setup"), "MONGODB-OIDC"),
+        ] {
+            assert_eq!(
+                supported_mechs(requested, setup),
+                want,
+                "{requested} {setup:?}"
+            );
+        }
+        let body = rawdoc! { "hello": 1, "saslSupportedMechs": "admin.setup" };
+        let req = parse_hello("hello", &body).unwrap();
+        assert_eq!(req.sasl_supported_mechs, Some("admin.setup"));
     }
 }

@@ -29,6 +29,7 @@ pub mod handshake;
 pub mod phase;
 pub mod registry;
 mod relay;
+mod setup_user;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -201,6 +202,8 @@ pub struct Session<S> {
     listed: registry::SessionHandle,
     /// `client.application.name` from the client's first hello that had one.
     app_name: Option<String>,
+    /// An open SCRAM conversation of the test-only set-up user.
+    scram: Option<crate::auth::scram_server::Conversation>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -231,6 +234,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             counts: Counts::default(),
             listed,
             app_name: None,
+            scram: None,
         }
     }
 
@@ -463,6 +467,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             version: rt.version,
             registry: &rt.registry,
             grants: &rt.grants,
+            setup: rt.setup_user.as_ref().map(|s| s.fingerprint),
         };
         if let Some(why) = self.phase.resolve(&policy, self.conn.peer.ip(), unix_now()) {
             if let Some(s) = self.phase.signed_in() {
@@ -632,7 +637,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.phase
                     .signed_in()
                     .filter(|s| s.expired.is_none())
-                    .map(|s| &s.identity),
+                    .map(|s| (&s.identity, s.flow == Flow::Scram)),
             ),
             Local::BuildInfo => match rt.backend.server_info().await {
                 Ok(info) => commands::build_info_for(&info, rt.test_commands),
@@ -720,6 +725,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let proxy = handshake::ProxyIdentity {
             service_id: self.shared.service_id,
             max_message_size: rt.limits.max_message_size,
+            setup_user: self.setup_user(rt).map(|s| s.credentials.user()),
         };
         handshake::hello_reply(&hello, &info, &proxy, self.conn.id, spec)
     }
@@ -746,13 +752,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn sasl_start(&mut self, req: &Request<'_>, rt: &Runtime) -> RawDocumentBuf {
         self.phase.abandon_conversation();
+        self.scram = None;
         let Some(command) = req.command else {
             return MongoError::protocol_error("saslStart without a command").to_document();
         };
-        let start = match oidc::parse_sasl_start(command.body, command.db.unwrap_or("admin")) {
+        let db = command.db.unwrap_or("admin");
+        let start = match oidc::parse_sasl_start_any(command.body) {
             Ok(s) => s,
             Err(e) => return e.to_document(),
         };
+        let inputs = Inputs {
+            draining: false,
+            test_commands: rt.test_commands,
+        };
+        match decide::sasl_mechanism(start.mechanism, db, inputs, self.setup_user(rt).is_some()) {
+            Ok(decide::SaslMechanism::Oidc) => {}
+            Ok(decide::SaslMechanism::Scram) => {
+                return self.scram_start(command.body, db, &start.payload, rt).await
+            }
+            Err(e) => return e.to_document(),
+        }
         let encoding = start.payload.encoding;
         match self
             .sasl_step(&start.payload.bytes, None, Flow::Machine, rt)
@@ -771,6 +790,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(c) => c,
             Err(e) => return e.to_document(),
         };
+        if let Some(conversation) = self.scram.take() {
+            return self.scram_continue(conversation, &cont, rt).await;
+        }
         let pending = self.phase.pending().cloned();
         if let Err(e) = oidc::check_continue(&cont, pending.is_some()) {
             return e.to_document();
@@ -870,6 +892,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             runtime_version: rt.version,
             at: now,
         };
+        self.enter(verified, rt)
+    }
+
+    /// A verified sign-in (OIDC, or the test-only SCRAM set-up user)
+    /// becomes the session's, if the rules allow.
+    fn enter(&mut self, verified: decide::Verified, rt: &Runtime) -> Result<(), MongoError> {
         self.shared.admission.succeeded(self.conn.peer.ip());
         let reauthenticated = self.phase.signed_in().is_some();
         let session = match decide::sign_in(&self.phase, verified) {

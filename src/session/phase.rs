@@ -29,6 +29,8 @@ pub enum Flow {
     Human,
     /// `speculativeAuthenticate` in the hello.
     Speculative,
+    /// SCRAM-SHA-256 as the test-only set-up user (`[testing] setup_user`).
+    Scram,
 }
 
 impl Flow {
@@ -37,6 +39,7 @@ impl Flow {
             Flow::Machine => "machine",
             Flow::Human => "human",
             Flow::Speculative => "speculative",
+            Flow::Scram => "scram_setup_user",
         }
     }
 }
@@ -141,6 +144,8 @@ pub struct Policy<'a> {
     pub version: u64,
     pub registry: &'a IdpRegistry,
     pub grants: &'a Grants,
+    /// The set-up user's [`SetupUser::fingerprint`](crate::auth::scram_server::SetupUser), if one is configured.
+    pub setup: Option<u64>,
 }
 
 impl Phase {
@@ -204,6 +209,9 @@ impl Phase {
 /// Whether `session` still holds under `policy` at `now`; a reload also
 /// moves the session's IdP index and grant to the new config's.
 fn check(session: &mut SignedIn, policy: &Policy<'_>, peer: IpAddr, now: u64) -> Option<Expiry> {
+    if session.flow == Flow::Scram {
+        return check_setup_user(session, policy, now);
+    }
     if session.identity.expires_at <= now {
         return Some(Expiry::TokenExpired);
     }
@@ -241,6 +249,26 @@ fn check(session: &mut SignedIn, policy: &Policy<'_>, peer: IpAddr, now: u64) ->
         }
     }
     None
+}
+
+/// The set-up user has no token and no IdP: its sign-in holds while the
+/// same user, password and grant are configured (`idp_fingerprint` holds
+/// the set-up user's fingerprint) and the grant has not expired.
+fn check_setup_user(session: &mut SignedIn, policy: &Policy<'_>, now: u64) -> Option<Expiry> {
+    if session.runtime_version != policy.version {
+        if policy.setup != Some(session.idp_fingerprint) {
+            return Some(Expiry::GrantChanged);
+        }
+        session.runtime_version = policy.version;
+    }
+    match &session.access {
+        Access::Granted {
+            expires: Some(at), ..
+        } if SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(now) >= *at => {
+            Some(Expiry::GrantExpired)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +328,7 @@ mod tests {
                 version: self.version,
                 registry: &self.registry,
                 grants: &self.grants,
+                setup: None,
             }
         }
 
@@ -469,6 +498,86 @@ mod tests {
             phase.resolve(&w2.policy(), PEER, NOW),
             Some(Expiry::IdpRemoved)
         );
+    }
+
+    #[test]
+    fn a_scram_set_up_session_holds_until_a_reload_changes_the_set_up_user() {
+        let w1 = World::new(&["https://a.example"], RW, 1);
+        let setup = SignedIn {
+            identity: Identity {
+                idp: usize::MAX,
+                principal: "setup".into(),
+                user: "setup".into(),
+                roles: vec![],
+                expires_at: NOW,
+                log_claims: vec![],
+            },
+            flow: Flow::Scram,
+            access: Access::from_decision(w1.grants.by_index(0, at(NOW))),
+            idp_fingerprint: 77,
+            key_generation: None,
+            runtime_version: 1,
+            signed_in_at: at(NOW),
+            expired: None,
+        };
+        fn policy(w: &World, setup: Option<u64>) -> Policy<'_> {
+            Policy {
+                setup,
+                ..w.policy()
+            }
+        }
+        // No token and no IdP: neither the token time nor the keys end it.
+        let mut phase = Phase::SignedIn(Box::new(setup.clone()));
+        assert_eq!(
+            phase.resolve(&policy(&w1, Some(77)), PEER, NOW + 3600),
+            None
+        );
+        assert_eq!(find_outcome(&phase), None);
+        // A reload that keeps the set-up user keeps the session.
+        let w2 = World::new(&["https://b.example"], RW, 2);
+        assert_eq!(phase.resolve(&policy(&w2, Some(77)), PEER, NOW), None);
+        assert_eq!(phase.signed_in().unwrap().runtime_version, 2);
+        // One that changes or removes it ends the session.
+        for changed in [Some(78), None] {
+            let mut phase = Phase::SignedIn(Box::new(setup.clone()));
+            assert_eq!(
+                phase.resolve(&policy(&w2, changed), PEER, NOW),
+                Some(Expiry::GrantChanged)
+            );
+            assert_eq!(
+                find_outcome(&phase),
+                Some((391, Refused::ReauthenticationRequired))
+            );
+        }
+        // The grant's expires still applies.
+        let expires = "2027-01-15T08:00:00Z";
+        let temporary = World::new(
+            &["https://a.example"],
+            &format!("{RW}expires = \"{expires}\"\n"),
+            1,
+        );
+        let end = humantime::parse_rfc3339(expires).unwrap();
+        let mut s = setup;
+        let before = end - std::time::Duration::from_secs(100);
+        s.access = Access::from_decision(temporary.grants.by_index(0, before));
+        assert!(s.access.is_granted());
+        let mut phase = Phase::SignedIn(Box::new(s));
+        let end_secs = end
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(
+            phase.resolve(&policy(&temporary, Some(77)), PEER, end_secs),
+            Some(Expiry::GrantExpired)
+        );
+        assert!(matches!(
+            temporary.grants.by_index(0, end),
+            crate::authz::Decision::Denied
+        ));
+        assert!(matches!(
+            temporary.grants.by_index(5, before),
+            crate::authz::Decision::Denied
+        ));
     }
 
     #[test]
