@@ -20,6 +20,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use bson::rawdoc;
+use mongo_oidc_proxy::wire;
 use support::proxy_env::{config_text, dev_idp_options, ProxyEnv};
 use support::wire_client::{error_of, is_ok, sasl_start, WireClient};
 
@@ -355,5 +356,170 @@ async fn at_the_connection_limit_new_clients_are_refused_at_once_not_left_hangin
         "no log storm at the limit:\n{log}"
     );
     drop(held);
+    env.stop().await;
+}
+
+/// The proxy's resident memory now, from `/proc/<pid>/status`.
+fn rss_mib(pid: u32) -> f64 {
+    proc_status_mib(pid, "VmRSS:")
+}
+
+fn proc_status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kib / 1024.0
+}
+
+/// An OP_MSG `insert` whose documents travel in a kind-1 section (as drivers
+/// send bulk inserts): `count` documents of about `each` bytes.
+fn bulk_insert(id: i32, collection: &str, count: usize, each: usize) -> Vec<u8> {
+    let body = rawdoc! { "insert": collection, "ordered": true, "$db": "app" };
+    let mut docs = Vec::new();
+    for i in 0..count {
+        let d = rawdoc! { "_id": i as i64, "pad": bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: vec![b'x'; each],
+        } };
+        docs.extend_from_slice(d.as_bytes());
+    }
+    let mut section = Vec::new();
+    section.push(1u8);
+    let ident = b"documents\0";
+    section.extend_from_slice(&((4 + ident.len() + docs.len()) as i32).to_le_bytes());
+    section.extend_from_slice(ident);
+    section.extend_from_slice(&docs);
+    let mut msg = wire::op_msg::encode(id, 0, 0, &body);
+    msg.extend_from_slice(&section);
+    let len = msg.len() as i32;
+    msg[..4].copy_from_slice(&len.to_le_bytes());
+    msg
+}
+
+/// Reads replies until the one that does not say moreToCome; the first
+/// reply's body.
+async fn reply_body(c: &mut WireClient) -> bson::RawDocumentBuf {
+    let reply = c.recv().await.expect("a reply");
+    wire::OpMsg::parse(&reply.bytes)
+        .expect("an OP_MSG reply")
+        .body
+        .to_owned()
+}
+
+#[tokio::test]
+async fn idle_memory_per_connection_does_not_keep_the_largest_message() {
+    use support::proxy_process::ProxyProcess;
+    const CONNECTIONS: usize = 10;
+    const BOUND_PER_CONNECTION_MIB: f64 = 4.0;
+    let env = ProxyEnv::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = support::free_port();
+    let config = env.config_text.replace(
+        "address = \"127.0.0.1:0\"",
+        &format!("address = \"127.0.0.1:{port}\""),
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).expect("write config");
+    let p = ProxyProcess::start(&path, port).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let token = env.token("alice", &["writers"], 600);
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut c = WireClient::connect(addr, &env.ca()).await;
+        assert!(is_ok(&c.sign_in(&token).await));
+        // The backend connection opens on the first relayed command.
+        assert!(is_ok(
+            &c.command(rawdoc! { "find": "big", "limit": 1, "$db": "app" })
+                .await
+        ));
+        clients.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let baseline = rss_mib(p.pid());
+
+    // Each connection sends one 40 MB message (four 10 MB documents), at once.
+    let sent = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            tokio::spawn(async move {
+                let msg = bulk_insert(7, &format!("big{i}"), 4, 10_000_000);
+                assert!(msg.len() > 40_000_000 && msg.len() < 48_000_000);
+                c.send_raw(&msg).await;
+                drop(msg);
+                let r = reply_body(&mut c).await;
+                assert!(is_ok(&r), "the 40 MB insert is relayed: {r:?}");
+                assert_eq!(r.get_i32("n").ok(), Some(4), "{r:?}");
+                c
+            })
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("insert task"));
+    }
+    let insert_time = sent.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_requests = rss_mib(p.pid());
+    let peak = proc_status_mib(p.pid(), "VmHWM:");
+
+    // And receives large replies: a find whose first batch is the 16 MB a
+    // reply may hold, then a getMore for the rest.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let coll = format!("big{i}");
+        let r = c
+            .command(rawdoc! { "find": coll.as_str(), "$db": "app" })
+            .await;
+        assert!(is_ok(&r), "{r:?}");
+        let cursor = r.get_document("cursor").expect("cursor");
+        let mut got = cursor
+            .get_array("firstBatch")
+            .expect("batch")
+            .into_iter()
+            .count();
+        let mut id = cursor.get_i64("id").expect("cursor id");
+        while id != 0 {
+            let r = c
+                .command(rawdoc! { "getMore": id, "collection": coll.as_str(), "$db": "app" })
+                .await;
+            assert!(is_ok(&r), "{r:?}");
+            let cursor = r.get_document("cursor").expect("cursor");
+            got += cursor
+                .get_array("nextBatch")
+                .expect("batch")
+                .into_iter()
+                .count();
+            id = cursor.get_i64("id").expect("cursor id");
+        }
+        assert_eq!(got, 4);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_replies = rss_mib(p.pid());
+    let bound = baseline + CONNECTIONS as f64 * BOUND_PER_CONNECTION_MIB;
+    println!(
+        "proxy RSS with {CONNECTIONS} idle signed-in connections: baseline {baseline:.1} MiB; \
+         after each sent a 40 MB insert ({insert_time:?} for all, peak {peak:.1} MiB) {after_requests:.1} MiB; \
+         after each read 40 MB of find replies {after_replies:.1} MiB; bound {bound:.1} MiB"
+    );
+    assert!(
+        after_requests < bound,
+        "idle connections kept their 40 MB requests: {after_requests:.1} MiB > {bound:.1} MiB"
+    );
+    assert!(
+        after_replies < bound,
+        "idle connections kept their large replies: {after_replies:.1} MiB > {bound:.1} MiB"
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = c
+            .command(rawdoc! { "drop": format!("big{i}"), "$db": "app" })
+            .await;
+        assert!(is_ok(&r), "{r:?}");
+    }
+    drop(clients);
+    drop(p);
     env.stop().await;
 }
