@@ -146,7 +146,7 @@ async fn a_slow_backend_session_of_one_grant_does_not_slow_another_grant() {
         &open.command(rawdoc! { "find": "slow", "$db": "app" }).await
     ));
 
-    // The readers' sessions: SecantusDB holds every find they send for 10 s
+    // The readers' sessions: SecantusDB holds every find they send for 5 s
     // (failCommand with blockConnection, scoped to their application name),
     // as a long-running query would.
     let operator = mongodb::Client::with_uri_str(format!(
@@ -163,7 +163,7 @@ async fn a_slow_backend_session_of_one_grant_does_not_slow_another_grant() {
             "data": {
                 "failCommands": ["find"],
                 "blockConnection": true,
-                "blockTimeMS": 10_000,
+                "blockTimeMS": 5_000,
                 "appName": "slow-grant",
             },
         })
