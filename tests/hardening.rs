@@ -492,6 +492,37 @@ async fn reply_body(c: &mut WireClient) -> bson::RawDocumentBuf {
         .to_owned()
 }
 
+/// Each client sends one bulk insert of `count` documents of `each` bytes
+/// into its own collection, all at once.
+async fn insert_round(
+    clients: Vec<WireClient>,
+    prefix: &str,
+    count: usize,
+    each: usize,
+) -> Vec<WireClient> {
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            let coll = format!("{prefix}{i}");
+            tokio::spawn(async move {
+                let msg = bulk_insert(7, &coll, count, each);
+                c.send_raw(&msg).await;
+                drop(msg);
+                let r = reply_body(&mut c).await;
+                assert!(is_ok(&r), "the insert is relayed: {r:?}");
+                assert_eq!(r.get_i32("n").ok(), Some(count as i32), "{r:?}");
+                c
+            })
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("insert task"));
+    }
+    clients
+}
+
 #[tokio::test]
 async fn idle_memory_per_connection_does_not_keep_the_largest_message() {
     const CONNECTIONS: usize = 10;
@@ -515,30 +546,19 @@ async fn idle_memory_per_connection_does_not_keep_the_largest_message() {
 
     // Each connection sends one 40 MB message (four 10 MB documents), at once.
     let sent = Instant::now();
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut c)| {
-            tokio::spawn(async move {
-                let msg = bulk_insert(7, &format!("big{i}"), 4, 10_000_000);
-                assert!(msg.len() > 40_000_000 && msg.len() < 48_000_000);
-                c.send_raw(&msg).await;
-                drop(msg);
-                let r = reply_body(&mut c).await;
-                assert!(is_ok(&r), "the 40 MB insert is relayed: {r:?}");
-                assert_eq!(r.get_i32("n").ok(), Some(4), "{r:?}");
-                c
-            })
-        })
-        .collect();
-    let mut clients = Vec::new();
-    for t in tasks {
-        clients.push(t.await.expect("insert task"));
-    }
+    let mut clients = insert_round(clients, "big", 4, 10_000_000).await;
     let insert_time = sent.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after_requests = rss_mib(p.pid());
     let peak = proc_status_mib(p.pid(), "VmHWM:");
+    // Then messages of a size glibc would serve from its arenas once it has
+    // freed a mapped block of that size: 12 MB, twice.
+    let mut after_mid = Vec::new();
+    for round in 0..2 {
+        clients = insert_round(clients, &format!("mid{round}-"), 1, 12_000_000).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after_mid.push(rss_mib(p.pid()));
+    }
 
     // And receives large replies: a find whose first batch is the 16 MB a
     // reply may hold, then a getMore for the rest.
@@ -576,21 +596,28 @@ async fn idle_memory_per_connection_does_not_keep_the_largest_message() {
     println!(
         "proxy RSS with {CONNECTIONS} idle signed-in connections: baseline {baseline:.1} MiB; \
          after each sent a 40 MB insert ({insert_time:?} for all, peak {peak:.1} MiB) {after_requests:.1} MiB; \
+         after two rounds of 12 MB inserts {after_mid:.1?} MiB; \
          after each read 40 MB of find replies {after_replies:.1} MiB; bound {bound:.1} MiB"
     );
     assert!(
         after_requests < bound,
         "idle connections kept their 40 MB requests: {after_requests:.1} MiB > {bound:.1} MiB"
     );
+    for mid in &after_mid {
+        assert!(
+            *mid < bound,
+            "idle connections kept their 12 MB requests: {mid:.1} MiB > {bound:.1} MiB"
+        );
+    }
     assert!(
         after_replies < bound,
         "idle connections kept their large replies: {after_replies:.1} MiB > {bound:.1} MiB"
     );
     for (i, c) in clients.iter_mut().enumerate() {
-        let r = c
-            .command(rawdoc! { "drop": format!("big{i}"), "$db": "app" })
-            .await;
-        assert!(is_ok(&r), "{r:?}");
+        for coll in [format!("big{i}"), format!("mid0-{i}"), format!("mid1-{i}")] {
+            let r = c.command(rawdoc! { "drop": coll, "$db": "app" }).await;
+            assert!(is_ok(&r), "{r:?}");
+        }
     }
     drop(clients);
     drop(p);
