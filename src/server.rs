@@ -62,6 +62,7 @@ pub struct Running {
 struct Reloader {
     shared: Arc<Shared>,
     audit: Arc<Audit>,
+    metrics: Arc<Metrics>,
     /// The file reloads re-read; `None` when started from parsed text.
     config_path: Option<PathBuf>,
     reloading: Mutex<()>,
@@ -161,6 +162,7 @@ impl Reloader {
             .setup_user
             .as_ref()
             .map(|s| s.credentials.user().to_owned());
+        resolve_sign_in_series(&self.metrics, &next);
         self.shared.runtime.store(Arc::new(next));
         if test_commands {
             warn_test_commands(setup_user.as_deref());
@@ -217,6 +219,7 @@ async fn start_at(config: Config, config_path: Option<PathBuf>) -> Result<Runnin
         warn_test_commands(setup_user);
     }
     let metrics = Arc::new(Metrics::new());
+    resolve_sign_in_series(&metrics, &runtime);
     let listen = runtime.config.listen.address;
     let metrics_config = runtime.config.metrics.clone();
     let listener = TcpListener::bind(listen)
@@ -242,6 +245,7 @@ async fn start_at(config: Config, config_path: Option<PathBuf>) -> Result<Runnin
     let reloader = Arc::new(Reloader {
         shared: shared.clone(),
         audit: audit.clone(),
+        metrics: metrics.clone(),
         config_path,
         reloading: Mutex::new(()),
     });
@@ -290,6 +294,17 @@ async fn start_at(config: Config, config_path: Option<PathBuf>) -> Result<Runnin
     })
 }
 
+/// Sign-ins are counted by IdP: the series of the runtime's IdPs are
+/// resolved before any session can use it.
+fn resolve_sign_in_series(metrics: &Metrics, runtime: &Runtime) {
+    let idps = &runtime.registry;
+    metrics.sign_ins.resolve(
+        (0..idps.len())
+            .filter_map(|i| idps.describe(i))
+            .map(|(prefix, _)| prefix),
+    );
+}
+
 /// Counts open connections against the runtime's `max_connections`.
 struct Slot(Arc<AtomicUsize>);
 
@@ -334,7 +349,7 @@ async fn accept_loop(
                     Err(e) => {
                         // Usually EMFILE: back off instead of spinning, and
                         // log a few lines a second, not one per attempt.
-                        metrics.connections_rejected.with_label_values(&["accept_failed"]).inc();
+                        metrics.rejected.accept_failed.inc();
                         if let Some(suppressed) = accept_failures.admit(unix_secs()) {
                             warn!(error = %e, suppressed_before = suppressed, "accept failed");
                         }
@@ -345,16 +360,16 @@ async fn accept_loop(
                 metrics.connections_accepted.inc();
                 let rt = shared.runtime.load_full();
                 let Some(slot) = Slot::take(&open, rt.limits.max_connections) else {
-                    metrics.connections_rejected.with_label_values(&["connection_limit"]).inc();
+                    metrics.rejected.connection_limit.inc();
                     debug!(%peer, "connection limit reached; refusing connection");
                     continue;
                 };
                 if let Err(refusal) = shared.admission.admit(peer.ip(), rt.limits.max_connections_per_ip) {
-                    let reason = match refusal {
-                        Refusal::ConnectionsPerIp => "connections_per_ip",
-                        Refusal::TooManyAddresses => "too_many_addresses",
+                    let (reason, counter) = match refusal {
+                        Refusal::ConnectionsPerIp => ("connections_per_ip", &metrics.rejected.connections_per_ip),
+                        Refusal::TooManyAddresses => ("too_many_addresses", &metrics.rejected.too_many_addresses),
                     };
-                    metrics.connections_rejected.with_label_values(&[reason]).inc();
+                    counter.inc();
                     debug!(%peer, reason, "refusing connection");
                     continue;
                 }
@@ -410,18 +425,12 @@ async fn serve_connection(
     let stream = match tokio::time::timeout(deadline, rt.tls.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            metrics
-                .connections_rejected
-                .with_label_values(&["tls_handshake"])
-                .inc();
+            metrics.rejected.tls_handshake.inc();
             info!(%peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            metrics
-                .connections_rejected
-                .with_label_values(&["tls_timeout"])
-                .inc();
+            metrics.rejected.tls_timeout.inc();
             info!(%peer, "TLS handshake timed out");
             return;
         }

@@ -366,7 +366,7 @@ async fn every_bad_token_is_answered_with_a_bare_18() {
     let attempts = &env.running().metrics.auth_attempts;
     for (i, ((what, token), (named, reason))) in cases.into_iter().zip(reasons).enumerate() {
         assert_eq!(what, named);
-        let before = attempts.with_label_values(&["failure", reason]).get();
+        let before = attempts.failure(reason).get();
         // Each from its own loopback address: failures from one address
         // are answered ever more slowly.
         let from = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, i as u8 + 1));
@@ -376,7 +376,7 @@ async fn every_bad_token_is_answered_with_a_bare_18() {
         let r = c.sign_in(&token).await;
         assert_eq!(err(&r), (AUTH_FAILED.0, AUTH_FAILED.1.into()), "{what}");
         assert_eq!(
-            attempts.with_label_values(&["failure", reason]).get(),
+            attempts.failure(reason).get(),
             before + 1,
             "{what}: logged as {reason}"
         );

@@ -187,7 +187,14 @@ impl Audit {
             tracing::warn!(error = %e, "the audit records metric is not exported");
         }
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let dropped = records.with_label_values(&["dropped"]);
+        let series = |result: &str| {
+            records
+                .get_metric_with_label_values(&[result])
+                .map_err(|e| {
+                    ConfigError::new(FIELD, format!("cannot define the audit metric: {e}"))
+                })
+        };
+        let (dropped, written) = (series("dropped")?, series("written")?);
         let audit = Arc::new(Audit {
             enabled: AtomicBool::new(config.is_some()),
             commands: AtomicBool::new(config.is_some_and(|c| c.commands)),
@@ -199,7 +206,7 @@ impl Audit {
         let writer = Writer {
             rx,
             output,
-            written: records.with_label_values(&["written"]),
+            written,
             dropped,
             failing: false,
         };

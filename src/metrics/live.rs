@@ -5,7 +5,9 @@
 //! Prometheus; data flows one way, from them to here.
 //!
 //! The `issuer` label takes the configured issuers' values only, so it is
-//! bounded by the config.
+//! bounded by the config. Every scrape resets and refills these families,
+//! so their series are looked up then (typed by label count, see
+//! [`Family`]), off the session path.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +17,7 @@ use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::readiness::Health;
 
-use super::NS;
+use super::{Family, NS};
 
 pub(super) struct Live {
     health: Arc<Health>,
@@ -27,10 +29,10 @@ pub(super) struct Live {
 struct Families {
     ready: IntGauge,
     backend_up: IntGauge,
-    jwks_fetches: IntCounterVec,
-    jwks_keys: IntGaugeVec,
-    jwks_last_success: GaugeVec,
-    token_cache_lookups: IntCounterVec,
+    jwks_fetches: Family<IntCounterVec, 2>,
+    jwks_keys: Family<IntGaugeVec, 1>,
+    jwks_last_success: Family<GaugeVec, 1>,
+    token_cache_lookups: Family<IntCounterVec, 1>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -49,31 +51,36 @@ impl Families {
                 "backend_up",
                 "1 while the backend answers the background health probe, else 0.",
             ))?,
-            jwks_fetches: IntCounterVec::new(
-                opts(
-                    "jwks_fetches_total",
-                    "JWKS fetches (discovery and keys) by issuer and result.",
-                ),
-                &["issuer", "result"],
-            )?,
-            jwks_keys: IntGaugeVec::new(
-                opts("jwks_keys", "Keys loaded now, by issuer."),
-                &["issuer"],
-            )?,
-            jwks_last_success: GaugeVec::new(
-                opts(
-                    "jwks_last_success_timestamp_seconds",
-                    "When the issuer's keys were last fetched successfully, Unix time; 0 if never.",
-                ),
-                &["issuer"],
-            )?,
-            token_cache_lookups: IntCounterVec::new(
-                opts(
-                    "token_cache_lookups_total",
-                    "Verified-token cache lookups by result (a hit skips the signature check).",
-                ),
-                &["result"],
-            )?,
+            jwks_fetches: Family::build(["issuer", "result"], |l| {
+                IntCounterVec::new(
+                    opts(
+                        "jwks_fetches_total",
+                        "JWKS fetches (discovery and keys) by issuer and result.",
+                    ),
+                    l,
+                )
+            })?,
+            jwks_keys: Family::build(["issuer"], |l| {
+                IntGaugeVec::new(opts("jwks_keys", "Keys loaded now, by issuer."), l)
+            })?,
+            jwks_last_success: Family::build(["issuer"], |l| {
+                GaugeVec::new(
+                    opts(
+                        "jwks_last_success_timestamp_seconds",
+                        "When the issuer's keys were last fetched successfully, Unix time; 0 if never.",
+                    ),
+                    l,
+                )
+            })?,
+            token_cache_lookups: Family::build(["result"], |l| {
+                IntCounterVec::new(
+                    opts(
+                        "token_cache_lookups_total",
+                        "Verified-token cache lookups by result (a hit skips the signature check).",
+                    ),
+                    l,
+                )
+            })?,
         })
     }
 
@@ -81,10 +88,10 @@ impl Families {
         [
             &self.ready,
             &self.backend_up,
-            &self.jwks_fetches,
-            &self.jwks_keys,
-            &self.jwks_last_success,
-            &self.token_cache_lookups,
+            self.jwks_fetches.vec(),
+            self.jwks_keys.vec(),
+            self.jwks_last_success.vec(),
+            self.token_cache_lookups.vec(),
         ]
     }
 }
@@ -115,35 +122,27 @@ impl Collector for Live {
         let verdict = self.health.verdict();
         f.ready.set(i64::from(verdict.ready));
         f.backend_up.set(i64::from(verdict.backend_up));
-        f.jwks_fetches.reset();
-        f.jwks_keys.reset();
-        f.jwks_last_success.reset();
-        f.token_cache_lookups.reset();
+        f.jwks_fetches.vec().reset();
+        f.jwks_keys.vec().reset();
+        f.jwks_last_success.vec().reset();
+        f.token_cache_lookups.vec().reset();
         if let Some(shared) = self.health.shared() {
             let runtime = shared.runtime.load();
             for cache in runtime.registry.jwks_caches() {
                 let issuer = cache.issuer();
                 let s = cache.stats();
-                f.jwks_fetches
-                    .with_label_values(&[issuer, "success"])
-                    .inc_by(s.successes);
-                f.jwks_fetches
-                    .with_label_values(&[issuer, "failure"])
-                    .inc_by(s.failures);
+                f.jwks_fetches.with([issuer, "success"]).inc_by(s.successes);
+                f.jwks_fetches.with([issuer, "failure"]).inc_by(s.failures);
                 f.jwks_keys
-                    .with_label_values(&[issuer])
+                    .with([issuer])
                     .set(i64::try_from(s.keys).unwrap_or(i64::MAX));
                 f.jwks_last_success
-                    .with_label_values(&[issuer])
+                    .with([issuer])
                     .set(s.last_success_unix.unwrap_or(0.0));
             }
             let tokens = runtime.registry.token_cache_stats();
-            f.token_cache_lookups
-                .with_label_values(&["hit"])
-                .inc_by(tokens.hits());
-            f.token_cache_lookups
-                .with_label_values(&["miss"])
-                .inc_by(tokens.misses());
+            f.token_cache_lookups.with(["hit"]).inc_by(tokens.hits());
+            f.token_cache_lookups.with(["miss"]).inc_by(tokens.misses());
         }
         f.collectors().iter().flat_map(|c| c.collect()).collect()
     }

@@ -3,11 +3,13 @@
 //! Event counts live here; what other parts keep themselves (readiness,
 //! JWKS caches, the token cache) is read at scrape time ([`live`]).
 
+mod family;
 mod live;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -18,13 +20,18 @@ use prometheus::{
     TextEncoder,
 };
 
+pub use family::Family;
+
 use crate::readiness::Health;
 use crate::session::events::{
     AdminAction, AdminOutcome, BackendStage, ConnInfo, Disposition, Event, Limit, OperatorEvent,
     Sink,
 };
-use crate::session::phase::{Access, Expiry};
+use crate::session::phase::{Access, Expiry, Flow};
 use crate::session::{CloseReason, Refused};
+
+/// A counter family with `N` labels.
+pub type Counters<const N: usize> = Family<IntCounterVec, N>;
 
 const EXPIRIES: [Expiry; 5] = [
     Expiry::TokenExpired,
@@ -38,15 +45,56 @@ const STAGES: [BackendStage; 3] = [
     BackendStage::Connect,
     BackendStage::Relay,
 ];
+const FLOWS: [Flow; 3] = [Flow::Machine, Flow::Human, Flow::Speculative];
 
-/// Every metric the proxy exports, registered in its own registry.
+/// `AuthFailure::reason` values, and the re-authentication refusal.
+const AUTH_FAILURES: [&str; 14] = [
+    "bad_payload",
+    "no_identity_provider",
+    "malformed_token",
+    "token_too_large",
+    "algorithm",
+    "unknown_key",
+    "bad_signature",
+    "issuer",
+    "audience",
+    "expired",
+    "not_yet_valid",
+    "claim",
+    "principal_changed",
+    "different_user",
+];
+
+/// `WireError::kind` values.
+const WIRE_KINDS: [&str; 16] = [
+    "length_too_small",
+    "length_too_large",
+    "truncated",
+    "reserved_flags",
+    "body_count",
+    "unknown_section_kind",
+    "too_many_sequences",
+    "checksum_mismatch",
+    "invalid_bson",
+    "invalid_cstring",
+    "invalid_identifier",
+    "duplicate_field",
+    "field_type",
+    "unsupported_opcode",
+    "unexpected_eof",
+    "io",
+];
+
+/// Every metric the proxy exports, registered in its own registry. Each
+/// series an event can touch is resolved here, once, except those whose
+/// label comes from the config ([`SignIns`], resolved at start and reload).
 pub struct Metrics {
     pub registry: Registry,
     pub connections_accepted: IntCounter,
     pub connections_active: IntGauge,
-    pub connections_rejected: IntCounterVec,
-    pub connections_closed: IntCounterVec,
-    pub auth_attempts: IntCounterVec,
+    /// `connections_rejected_total`, one series per reason.
+    pub rejected: Rejected,
+    pub auth_attempts: AuthAttempts,
     pub auth_duration: Histogram,
     pub sessions_refused: IntCounter,
     pub reauthentications: IntCounter,
@@ -54,18 +102,18 @@ pub struct Metrics {
     commands: [IntCounter; 2 + Refused::ALL.len()],
     closed: [IntCounter; CloseReason::ALL.len()],
     limits_hit: [IntCounter; Limit::ALL.len()],
-    backend_errors_by_stage: [IntCounter; 3],
-    pub config_reloads: IntCounterVec,
+    backend_errors_by_stage: [IntCounter; STAGES.len()],
+    /// `config_reloads_total`: success, failure.
+    reloads: [IntCounter; 2],
     pub config_last_reload_success: Gauge,
-    pub wire_errors: IntCounterVec,
+    wire_errors: Known<{ WIRE_KINDS.len() }>,
     /// Resolved once: the relay path touches only these atomics.
     pub relay: RelayCounters,
     pub backend_connect_duration: Histogram,
-    pub backend_errors: IntCounterVec,
     /// Admin requests by endpoint and result, every pair created up front.
-    pub admin_requests: IntCounterVec,
+    admin_requests: [[IntCounter; AdminOutcome::ALL.len()]; AdminAction::ALL.len()],
     /// Sign-ins by IdP (`auth_name_prefix`) and flow; bounded by the config.
-    pub sign_ins: IntCounterVec,
+    pub sign_ins: SignIns,
 }
 
 const NS: &str = "mongo_oidc_proxy";
@@ -85,11 +133,18 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 #[allow(clippy::expect_used)]
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help).namespace(NS), labels)
-        .expect("static metric definition");
+fn counters<const N: usize>(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: [&str; N],
+) -> Counters<N> {
+    let c = Family::build(labels, |l| {
+        IntCounterVec::new(Opts::new(name, help).namespace(NS), l)
+    })
+    .expect("static metric definition");
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(c.vec().clone()))
         .expect("metric names are unique");
     c
 }
@@ -108,6 +163,147 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
     h
 }
 
+/// Series resolved for the label values known at start-up; a value outside
+/// them (a kind added without updating the list) is looked up instead.
+struct Known<const K: usize> {
+    labels: [&'static str; K],
+    series: [IntCounter; K],
+    family: Counters<1>,
+}
+
+impl<const K: usize> Known<K> {
+    fn new(family: Counters<1>, labels: [&'static str; K]) -> Known<K> {
+        Known {
+            series: labels.map(|l| family.with([l])),
+            labels,
+            family,
+        }
+    }
+
+    fn inc(&self, label: &str) {
+        match self.labels.iter().position(|l| *l == label) {
+            Some(i) => self.series.get(i).into_iter().for_each(IntCounter::inc),
+            None => self.family.with([label]).inc(),
+        }
+    }
+}
+
+/// `connections_rejected_total` by reason.
+pub struct Rejected {
+    pub accept_failed: IntCounter,
+    pub connection_limit: IntCounter,
+    pub connections_per_ip: IntCounter,
+    pub too_many_addresses: IntCounter,
+    pub tls_handshake: IntCounter,
+    pub tls_timeout: IntCounter,
+}
+
+impl Rejected {
+    fn new(r: &Registry) -> Rejected {
+        let f = counters(
+            r,
+            "connections_rejected_total",
+            "Client connections refused before a session started.",
+            ["reason"],
+        );
+        Rejected {
+            accept_failed: f.with(["accept_failed"]),
+            connection_limit: f.with(["connection_limit"]),
+            connections_per_ip: f.with(["connections_per_ip"]),
+            too_many_addresses: f.with(["too_many_addresses"]),
+            tls_handshake: f.with(["tls_handshake"]),
+            tls_timeout: f.with(["tls_timeout"]),
+        }
+    }
+}
+
+/// `auth_attempts_total` by result and failure reason.
+pub struct AuthAttempts {
+    success: IntCounter,
+    failures: [IntCounter; AUTH_FAILURES.len()],
+    family: Counters<2>,
+}
+
+impl AuthAttempts {
+    fn new(r: &Registry) -> AuthAttempts {
+        let family = counters(
+            r,
+            "auth_attempts_total",
+            "MONGODB-OIDC sign-in attempts, by result and failure reason.",
+            ["result", "reason"],
+        );
+        AuthAttempts {
+            success: family.with(["success", ""]),
+            failures: AUTH_FAILURES.map(|reason| family.with(["failure", reason])),
+            family,
+        }
+    }
+
+    /// The failures counted under `reason`.
+    pub fn failure(&self, reason: &str) -> IntCounter {
+        match AUTH_FAILURES.iter().position(|r| *r == reason) {
+            Some(i) => self.failures.get(i).cloned(),
+            None => None,
+        }
+        .unwrap_or_else(|| self.family.with(["failure", reason]))
+    }
+}
+
+/// `sign_ins_total` by IdP and flow. The IdPs come from the config, so
+/// their series are resolved when a runtime is built (start, reload).
+pub struct SignIns {
+    family: Counters<2>,
+    by_idp: ArcSwap<Vec<(String, [IntCounter; FLOWS.len()])>>,
+}
+
+fn flow_index(flow: Flow) -> usize {
+    match flow {
+        Flow::Machine => 0,
+        Flow::Human => 1,
+        Flow::Speculative => 2,
+    }
+}
+
+impl SignIns {
+    fn new(r: &Registry) -> SignIns {
+        SignIns {
+            family: counters(
+                r,
+                "sign_ins_total",
+                "Successful sign-ins (re-authentications included), by identity provider \
+                 (auth_name_prefix) and flow.",
+                ["idp", "flow"],
+            ),
+            by_idp: ArcSwap::default(),
+        }
+    }
+
+    /// Resolves the series of these IdPs. Those already known stay: a
+    /// sign-in that began under the previous config may still end.
+    pub fn resolve<'a>(&self, prefixes: impl IntoIterator<Item = &'a str>) {
+        let mut next = Vec::clone(&self.by_idp.load());
+        for p in prefixes {
+            if !next.iter().any(|(known, _)| known == p) {
+                let series = FLOWS.map(|f| self.family.with([p, f.label()]));
+                next.push((p.to_owned(), series));
+            }
+        }
+        self.by_idp.store(Arc::new(next));
+    }
+
+    fn count(&self, idp: &str, flow: Flow) {
+        let by_idp = self.by_idp.load();
+        match by_idp
+            .iter()
+            .find(|(known, _)| known == idp)
+            .and_then(|(_, series)| series.get(flow_index(flow)))
+        {
+            Some(c) => c.inc(),
+            None => self.family.with([idp, flow.label()]).inc(),
+        }
+    }
+}
+
 /// Per-direction relay counters, with their labels resolved up front.
 pub struct RelayCounters {
     pub to_backend_messages: IntCounter,
@@ -118,23 +314,23 @@ pub struct RelayCounters {
 
 impl RelayCounters {
     fn new(r: &Registry) -> RelayCounters {
-        let messages = counter_vec(
+        let messages = counters(
             r,
             "relayed_messages_total",
             "Messages relayed, by direction.",
-            &["direction"],
+            ["direction"],
         );
-        let bytes = counter_vec(
+        let bytes = counters(
             r,
             "relayed_bytes_total",
             "Bytes relayed, by direction.",
-            &["direction"],
+            ["direction"],
         );
         RelayCounters {
-            to_backend_messages: messages.with_label_values(&["to_backend"]),
-            to_backend_bytes: bytes.with_label_values(&["to_backend"]),
-            to_client_messages: messages.with_label_values(&["to_client"]),
-            to_client_bytes: bytes.with_label_values(&["to_client"]),
+            to_backend_messages: messages.with(["to_backend"]),
+            to_backend_bytes: bytes.with(["to_backend"]),
+            to_client_messages: messages.with(["to_client"]),
+            to_client_bytes: bytes.with(["to_client"]),
         }
     }
 }
@@ -143,17 +339,17 @@ impl Metrics {
     #[allow(clippy::expect_used)]
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let closed = counter_vec(
+        let closed = counters(
             &r,
             "connections_closed_total",
             "Client sessions ended, by why.",
-            &["reason"],
+            ["reason"],
         );
-        let backend_errors = counter_vec(
+        let backend_errors = counters(
             &r,
             "backend_errors_total",
             "Backend connection, probe and relay failures, by kind.",
-            &["kind"],
+            ["kind"],
         );
         let reload_ok = Gauge::with_opts(
             Opts::new(
@@ -179,32 +375,15 @@ impl Metrics {
         ))
         .expect("metric names are unique");
         Metrics {
-            sign_ins: counter_vec(
-                &r,
-                "sign_ins_total",
-                "Successful sign-ins (re-authentications included), by identity provider \
-                 (auth_name_prefix) and flow.",
-                &["idp", "flow"],
-            ),
+            sign_ins: SignIns::new(&r),
             connections_accepted: counter(
                 &r,
                 "connections_accepted_total",
                 "Client TCP connections accepted.",
             ),
             connections_active: active,
-            connections_rejected: counter_vec(
-                &r,
-                "connections_rejected_total",
-                "Client connections refused before a session started.",
-                &["reason"],
-            ),
-            connections_closed: closed.clone(),
-            auth_attempts: counter_vec(
-                &r,
-                "auth_attempts_total",
-                "MONGODB-OIDC sign-in attempts, by result and failure reason.",
-                &["result", "reason"],
-            ),
+            rejected: Rejected::new(&r),
+            auth_attempts: AuthAttempts::new(&r),
             auth_duration: histogram(
                 &r,
                 "auth_duration_seconds",
@@ -222,42 +401,43 @@ impl Metrics {
                 "Successful re-authentications on an existing connection.",
             ),
             sessions_expired: {
-                let vec = counter_vec(
+                let f = counters(
                     &r,
                     "sessions_expired_total",
                     "Sign-ins that stopped holding (clients then get 391 until they re-authenticate), by why.",
-                    &["reason"],
+                    ["reason"],
                 );
-                EXPIRIES.map(|e| vec.with_label_values(&[e.label()]))
+                EXPIRIES.map(|e| f.with([e.label()]))
             },
             commands: {
-                let vec = counter_vec(
+                let f = counters(
                     &r,
                     "commands_total",
                     "Client commands, by how the proxy handled them.",
-                    &["disposition"],
+                    ["disposition"],
                 );
                 let mut labels = vec!["local", "relayed"];
                 labels.extend(Refused::ALL.map(Refused::label));
-                std::array::from_fn(|i| {
-                    vec.with_label_values(&[labels.get(i).copied().unwrap_or("other")])
-                })
+                std::array::from_fn(|i| f.with([labels.get(i).copied().unwrap_or("other")]))
             },
-            closed: CloseReason::ALL.map(|c| closed.with_label_values(&[c.label()])),
+            closed: CloseReason::ALL.map(|c| closed.with([c.label()])),
             limits_hit: {
-                let vec = counter_vec(
+                let f = counters(
                     &r,
                     "limits_hit_total",
                     "Bounds on what a client may cost before sign-in, hit, by limit.",
-                    &["limit"],
+                    ["limit"],
                 );
-                Limit::ALL.map(|l| vec.with_label_values(&[l.label()]))
+                Limit::ALL.map(|l| f.with([l.label()]))
             },
-            wire_errors: counter_vec(
-                &r,
-                "wire_errors_total",
-                "Malformed or refused client messages, by kind.",
-                &["kind"],
+            wire_errors: Known::new(
+                counters(
+                    &r,
+                    "wire_errors_total",
+                    "Malformed or refused client messages, by kind.",
+                    ["kind"],
+                ),
+                WIRE_KINDS,
             ),
             relay: RelayCounters::new(&r),
             backend_connect_duration: histogram(
@@ -266,28 +446,25 @@ impl Metrics {
                 "Time to connect and sign in to the backend.",
                 seconds,
             ),
-            backend_errors_by_stage: STAGES.map(|s| backend_errors.with_label_values(&[s.label()])),
-            backend_errors,
-            config_reloads: counter_vec(
-                &r,
-                "config_reloads_total",
-                "Configuration reloads (SIGHUP), by result.",
-                &["result"],
-            ),
+            backend_errors_by_stage: STAGES.map(|s| backend_errors.with([s.label()])),
+            reloads: {
+                let f = counters(
+                    &r,
+                    "config_reloads_total",
+                    "Configuration reloads (SIGHUP), by result.",
+                    ["result"],
+                );
+                [f.with(["success"]), f.with(["failure"])]
+            },
             config_last_reload_success: reload_ok,
             admin_requests: {
-                let vec = counter_vec(
+                let f = counters(
                     &r,
                     "admin_requests_total",
                     "Administrative requests (HTTP /admin/... and the oidcListKeys/oidcRefreshKeys commands), by endpoint and result.",
-                    &["endpoint", "result"],
+                    ["endpoint", "result"],
                 );
-                for a in AdminAction::ALL {
-                    for o in AdminOutcome::ALL {
-                        vec.with_label_values(&[a.label(), o.label()]);
-                    }
-                }
-                vec
+                AdminAction::ALL.map(|a| AdminOutcome::ALL.map(|o| f.with([a.label(), o.label()])))
             },
             registry: r,
         }
@@ -359,20 +536,29 @@ impl Metrics {
     }
 
     pub fn count_auth_success(&self) {
-        self.auth_attempts.with_label_values(&["success", ""]).inc();
+        self.auth_attempts.success.inc();
     }
 
     pub fn count_auth_failure(&self, reason: &str) {
-        self.auth_attempts
-            .with_label_values(&["failure", reason])
-            .inc();
+        self.auth_attempts.failure(reason).inc();
+    }
+
+    pub fn count_admin(&self, action: AdminAction, outcome: AdminOutcome) {
+        let a = AdminAction::ALL.iter().position(|x| *x == action);
+        let o = AdminOutcome::ALL.iter().position(|x| *x == outcome);
+        if let Some(c) = a
+            .zip(o)
+            .and_then(|(a, o)| self.admin_requests.get(a)?.get(o))
+        {
+            c.inc();
+        }
     }
 
     /// A reload's outcome; a success also stamps the last-success time.
     pub fn count_reload(&self, ok: bool) {
-        self.config_reloads
-            .with_label_values(&[if ok { "success" } else { "failure" }])
-            .inc();
+        if let Some(c) = self.reloads.get(usize::from(!ok)) {
+            c.inc();
+        }
         if ok {
             self.stamp_config_loaded();
         }
@@ -417,9 +603,7 @@ impl Sink for MetricsSink {
                 // The user is `<auth_name_prefix>/<principal>`: only the
                 // prefix, never the principal, becomes a label.
                 let idp = session.identity.user.split_once('/').map_or("", |(p, _)| p);
-                m.sign_ins
-                    .with_label_values(&[idp, session.flow.label()])
-                    .inc();
+                m.sign_ins.count(idp, session.flow);
                 if *reauthenticated {
                     m.reauthentications.inc();
                 }
@@ -430,7 +614,7 @@ impl Sink for MetricsSink {
             Event::SignInFailed { failure, .. } => m.count_auth_failure(failure.reason()),
             Event::ReauthenticationRefused { .. } => m.count_auth_failure("different_user"),
             Event::Expired { why, .. } => m.count_expired(*why),
-            Event::WireError { kind, .. } => m.wire_errors.with_label_values(&[kind]).inc(),
+            Event::WireError { kind, .. } => m.wire_errors.inc(kind),
             Event::Backend { stage, .. } => m.count_backend_error(*stage),
             Event::BackendConnected { seconds } => m.backend_connect_duration.observe(*seconds),
             Event::AuthStep { seconds } => m.auth_duration.observe(*seconds),
@@ -456,11 +640,7 @@ impl Sink for MetricsSink {
             OperatorEvent::Reload { ok, .. } => self.0.count_reload(*ok),
             OperatorEvent::Admin {
                 action, outcome, ..
-            } => self
-                .0
-                .admin_requests
-                .with_label_values(&[action.label(), outcome.label()])
-                .inc(),
+            } => self.0.count_admin(*action, *outcome),
         }
     }
 }
@@ -529,13 +709,119 @@ pub async fn serve_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::AuthFailure;
+    use crate::wire::WireError;
+
+    /// The lists of resolved series cover every label the session path
+    /// emits (a missing one would still count, through a lookup).
+    #[test]
+    fn every_auth_failure_and_wire_error_has_a_resolved_series() {
+        let s = || "x".to_string();
+        let failures = [
+            AuthFailure::BadPayload(s()),
+            AuthFailure::NoIdentityProvider(s()),
+            AuthFailure::MalformedToken(s()),
+            AuthFailure::TokenTooLarge(1),
+            AuthFailure::Algorithm(s()),
+            AuthFailure::UnknownKey(s()),
+            AuthFailure::BadSignature,
+            AuthFailure::Issuer(s()),
+            AuthFailure::Audience(s()),
+            AuthFailure::Expired,
+            AuthFailure::NotYetValid,
+            AuthFailure::Claim(s()),
+            AuthFailure::PrincipalChanged {
+                hint: s(),
+                principal: s(),
+            },
+        ];
+        for f in &failures {
+            assert!(AUTH_FAILURES.contains(&f.reason()), "{}", f.reason());
+        }
+        let errors = [
+            WireError::LengthTooSmall(1),
+            WireError::LengthTooLarge { len: 1, max: 1 },
+            WireError::Truncated {
+                what: "x",
+                need: 1,
+                have: 0,
+            },
+            WireError::ReservedFlags(1),
+            WireError::BodyCount(2),
+            WireError::UnknownSectionKind(9),
+            WireError::TooManySequences(1),
+            WireError::ChecksumMismatch {
+                expected: 1,
+                computed: 2,
+            },
+            WireError::InvalidBson {
+                what: "x",
+                detail: s(),
+            },
+            WireError::InvalidCString("x"),
+            WireError::InvalidIdentifier,
+            WireError::DuplicateField {
+                command: s(),
+                field: s(),
+            },
+            WireError::FieldType {
+                command: s(),
+                field: s(),
+                expected: "x",
+            },
+            WireError::UnsupportedOpCode(1),
+            WireError::UnexpectedEof,
+            WireError::Io(s()),
+        ];
+        assert_eq!(errors.len(), WIRE_KINDS.len());
+        for e in &errors {
+            assert!(WIRE_KINDS.contains(&e.kind()), "{}", e.kind());
+        }
+    }
+
+    #[test]
+    fn sign_ins_are_counted_by_the_idps_of_the_config_and_any_other() {
+        let m = Metrics::new();
+        m.sign_ins.resolve(["okta", "entra"]);
+        m.sign_ins.resolve(["okta"]);
+        m.sign_ins.count("okta", Flow::Human);
+        m.sign_ins.count("other", Flow::Machine);
+        let text = m.render();
+        for line in [
+            "mongo_oidc_proxy_sign_ins_total{flow=\"human\",idp=\"okta\"} 1",
+            "mongo_oidc_proxy_sign_ins_total{flow=\"speculative\",idp=\"entra\"} 0",
+            "mongo_oidc_proxy_sign_ins_total{flow=\"machine\",idp=\"other\"} 1",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+    }
+
+    #[test]
+    fn admin_reload_and_wire_counters_keep_their_labels() {
+        let m = Metrics::new();
+        m.count_admin(AdminAction::JwksRevoke, AdminOutcome::NotFound);
+        m.count_reload(false);
+        m.wire_errors.inc("checksum_mismatch");
+        m.wire_errors.inc("a_kind_added_later");
+        m.auth_attempts.failure("a_reason_added_later").inc();
+        let text = m.render();
+        for line in [
+            "mongo_oidc_proxy_admin_requests_total{endpoint=\"jwks_revoke\",result=\"not_found\"} 1",
+            "mongo_oidc_proxy_config_reloads_total{result=\"failure\"} 1",
+            "mongo_oidc_proxy_config_reloads_total{result=\"success\"} 0",
+            "mongo_oidc_proxy_wire_errors_total{kind=\"checksum_mismatch\"} 1",
+            "mongo_oidc_proxy_wire_errors_total{kind=\"a_kind_added_later\"} 1",
+            "mongo_oidc_proxy_auth_attempts_total{reason=\"a_reason_added_later\",result=\"failure\"} 1",
+            "mongo_oidc_proxy_connections_rejected_total{reason=\"tls_timeout\"} 0",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+    }
 
     #[test]
     fn renders_prometheus_names() {
         let m = Metrics::new();
-        m.auth_attempts
-            .with_label_values(&["failure", "expired"])
-            .inc();
+        m.count_auth_failure("expired");
         m.connections_accepted.inc();
         let text = m.render();
         assert!(

@@ -36,6 +36,51 @@ impl Frame {
 /// only gets memory as its bytes actually arrive.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Messages at least this large are read into an anonymous memory mapping
+/// of their own instead of the shared buffer.
+///
+/// Freed heap memory is not always given back: glibc raises its mmap
+/// threshold (up to 32 MiB) each time it frees a mapped block, after which
+/// blocks of a few MiB come from arenas and stay resident once freed. Ten
+/// idle connections kept 150 MiB after sending 12 MB messages that way. A
+/// mapping is unmapped when the frame is dropped, whatever the allocator
+/// did before, and its pages become resident only as bytes are written, so
+/// a large declared length still costs memory only as its bytes arrive.
+/// At 1 MiB the mmap/munmap pair is small next to copying the message.
+pub const OWN_MAPPING: usize = 1 << 20;
+
+/// Reads the rest of the message `buf` holds the start of into a mapping of
+/// exactly its length. Cancelled half way, the bytes read so far are lost;
+/// every caller closes the connection then.
+async fn read_into_mapping<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    header: MsgHeader,
+) -> Result<Frame, WireError> {
+    let len = header.message_length as usize;
+    let io = |e: std::io::Error| WireError::Io(e.to_string());
+    let mut map = memmap2::MmapMut::map_anon(len).map_err(io)?;
+    let mut filled = buf.len().min(len);
+    if let (Some(dst), Some(src)) = (map.get_mut(..filled), buf.get(..filled)) {
+        dst.copy_from_slice(src);
+    }
+    buf.clear();
+    while filled < len {
+        let n = reader
+            .read(map.get_mut(filled..).unwrap_or_default())
+            .await
+            .map_err(io)?;
+        if n == 0 {
+            return Err(WireError::UnexpectedEof);
+        }
+        filled += n;
+    }
+    Ok(Frame {
+        header,
+        bytes: Bytes::from_owner(map),
+    })
+}
+
 /// Reads one message. `Ok(None)` means the peer closed cleanly between
 /// messages. `buf` must be kept between calls: bytes read past the end of one
 /// message (a pipelined next message) stay in it. The declared length is
@@ -55,6 +100,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
                         header,
                         bytes: buf.split_to(len).freeze(),
                     }));
+                }
+                if len >= OWN_MAPPING {
+                    return read_into_mapping(reader, buf, header).await.map(Some);
                 }
                 len - buf.len()
             }
@@ -104,6 +152,39 @@ mod tests {
         let f = read_frame(&mut r, &mut buf, 100).await.unwrap().unwrap();
         assert_eq!(f.bytes.len(), 16);
         assert!(read_frame(&mut r, &mut buf, 100).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_large_message_gets_a_mapping_of_its_own_and_the_buffer_stays_small() {
+        let body: Vec<u8> = (0..2 * OWN_MAPPING).map(|i| (i % 251) as u8).collect();
+        let len = (HEADER_LEN + body.len()) as i32;
+        let mut input = message(len, &body);
+        input.extend(message(20, b"next"));
+        // A reader that hands out at most 1000 bytes per read, as a socket might.
+        let (mut tx, mut rx) = tokio::io::duplex(1000);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            tx.write_all(&input).await.unwrap();
+        });
+        let mut buf = BytesMut::new();
+        let max = 4 * OWN_MAPPING;
+        let f = read_frame(&mut rx, &mut buf, max).await.unwrap().unwrap();
+        assert_eq!(f.bytes.len(), len as usize);
+        assert!(f.body() == &body[..], "the body arrives intact");
+        assert!(buf.capacity() <= READ_CHUNK, "{}", buf.capacity());
+        let next = read_frame(&mut rx, &mut buf, max).await.unwrap().unwrap();
+        assert_eq!(next.body(), b"next");
+        writer.await.unwrap();
+        assert!(read_frame(&mut rx, &mut buf, max).await.unwrap().is_none());
+
+        let truncated = message(len, &body[..1000]);
+        let mut r = &truncated[..];
+        assert_eq!(
+            read_frame(&mut r, &mut BytesMut::new(), max)
+                .await
+                .unwrap_err(),
+            WireError::UnexpectedEof
+        );
     }
 
     #[tokio::test]
