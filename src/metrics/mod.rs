@@ -256,11 +256,13 @@ pub struct SignIns {
     by_idp: ArcSwap<Vec<(String, [IntCounter; FLOWS.len()])>>,
 }
 
-fn flow_index(flow: Flow) -> usize {
+/// The test-only SCRAM set-up user has no series of its own up front.
+fn flow_index(flow: Flow) -> Option<usize> {
     match flow {
-        Flow::Machine => 0,
-        Flow::Human => 1,
-        Flow::Speculative => 2,
+        Flow::Machine => Some(0),
+        Flow::Human => Some(1),
+        Flow::Speculative => Some(2),
+        Flow::Scram => None,
     }
 }
 
@@ -296,7 +298,8 @@ impl SignIns {
         match by_idp
             .iter()
             .find(|(known, _)| known == idp)
-            .and_then(|(_, series)| series.get(flow_index(flow)))
+            .zip(flow_index(flow))
+            .and_then(|((_, series), i)| series.get(i))
         {
             Some(c) => c.inc(),
             None => self.family.with([idp, flow.label()]).inc(),
