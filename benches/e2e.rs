@@ -202,8 +202,8 @@ impl Settings {
                 1,
             ),
             Mode::Full => (
-                ms(1000),
-                ms(200),
+                ms(700),
+                ms(150),
                 3,
                 &[1, 16, 64, 256],
                 1000,
@@ -446,7 +446,7 @@ async fn find_small(conn: &mut BackendConnection, path: &str) -> Res<()> {
 // ---------------------------------------------------------------- processes
 
 /// CPU time of a whole process, exited threads included (utime + stime, in ns;
-/// clock-tick resolution, 10 ms, so cells run for a second or more).
+/// clock-tick resolution, 10 ms: a cell's three rounds add up to 2.1 s).
 fn process_cpu_ns(pid: u32) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
