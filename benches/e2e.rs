@@ -635,9 +635,11 @@ fn haproxy_config(dir: &Path, port: u16, backend_port: u16, maxconn: usize) -> R
     Ok(format!(
         "global\n    nbthread 1\n    maxconn {maxconn}\n    ssl-default-bind-ciphersuites TLS_AES_256_GCM_SHA384\n    ssl-default-bind-options ssl-min-ver TLSv1.3\n\n\
          defaults\n    mode tcp\n    maxconn {maxconn}\n    timeout connect 5s\n    timeout client 600s\n    timeout server 600s\n\n\
-         frontend fe\n    bind 127.0.0.1:{port} ssl crt {pem}\n    default_backend be\n\n\
+         frontend fe\n    bind 127.0.0.1:{port} ssl crt {pem}{extra}\n    default_backend be\n\n\
          backend be\n    server s1 127.0.0.1:{backend_port} maxconn {maxconn}\n",
-        pem = pem_path.display()
+        pem = pem_path.display(),
+        // For experiments, e.g. E2E_HAPROXY_BIND=" no-tls-tickets".
+        extra = std::env::var("E2E_HAPROXY_BIND").unwrap_or_default(),
     ))
 }
 
@@ -782,11 +784,16 @@ fn client_tls(ca: &Path) -> Res<Arc<rustls::ClientConfig>> {
     }
     let mut provider = rustls::crypto::ring::default_provider();
     provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384];
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // Resumption on is rustls's default (and the Rust driver's); drivers on
+    // OpenSSL (pymongo, node) do not resume across connections.
+    if std::env::var("E2E_TLS_RESUME").is_ok_and(|v| v == "0") {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(Arc::new(config))
 }
 
