@@ -45,6 +45,8 @@ pub struct Metrics {
     pub connections_accepted: IntCounter,
     pub connections_active: IntGauge,
     pub connections_rejected: IntCounterVec,
+    /// Completed client TLS handshakes: full, or resumed from a ticket.
+    pub tls_handshakes: [IntCounter; 2],
     pub connections_closed: IntCounterVec,
     pub auth_attempts: IntCounterVec,
     pub auth_duration: Histogram,
@@ -198,6 +200,15 @@ impl Metrics {
                 "Client connections refused before a session started.",
                 &["reason"],
             ),
+            tls_handshakes: {
+                let v = counter_vec(
+                    &r,
+                    "tls_handshakes_total",
+                    "Completed client TLS handshakes, by kind: full, or resumed from a session ticket.",
+                    &["kind"],
+                );
+                ["full", "resumed"].map(|k| v.with_label_values(&[k]))
+            },
             connections_closed: closed.clone(),
             auth_attempts: counter_vec(
                 &r,
