@@ -65,8 +65,17 @@ impl From<TlsError> for ConfigError {
     }
 }
 
+/// aws-lc-rs, the one crypto library in the binary: TLS on both sides,
+/// session tickets, and JWT signatures (jsonwebtoken's `aws_lc_rs` backend).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Makes aws-lc-rs the process-wide default for code that asks rustls for
+/// one: reqwest (built without a provider of its own) does, and panics
+/// without it. Installing twice is harmless; the first one stays.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 fn certificates(
@@ -154,7 +163,7 @@ fn build(listen: &ListenConfig) -> Result<Arc<ServerConfig>, TlsError> {
 }
 
 fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, TlsError> {
-    rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Identity(e.to_string()))
+    rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsError::Identity(e.to_string()))
 }
 
 #[cfg(test)]

@@ -238,7 +238,7 @@ fn existing_still_valid(paths: &DevCertPaths, names: &[String]) -> bool {
     }
     let Ok(verifier) = WebPkiServerVerifier::builder_with_provider(
         Arc::new(store),
-        Arc::new(rustls::crypto::ring::default_provider()),
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
     )
     .build() else {
         return false;
@@ -302,7 +302,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider())
     }
 
     #[test]
