@@ -88,6 +88,9 @@ impl AsyncWrite for BackendStream {
 
 /// How much of a large reply is read before it is passed on.
 const FORWARD_CHUNK: usize = 64 * 1024;
+/// The least a read from the backend asks for: a typical reply whole in one
+/// read (one syscall on plain TCP), however short the part still missing.
+const MIN_READ: usize = 16 * 1024;
 
 /// What [`BackendConnection::forward_reply`] passed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,10 +170,19 @@ impl BackendConnection {
         Ok(BackendConnection {
             stream,
             addr,
-            read_buf: BytesMut::with_capacity(16 * 1024),
+            // Allocated by the first read, released when the session is idle.
+            read_buf: BytesMut::new(),
             next_request_id: 1,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         })
+    }
+
+    /// Gives back the read buffer when nothing is buffered, so an idle
+    /// connection holds none; the next reply allocates it again.
+    pub fn release_idle(&mut self) {
+        if self.read_buf.is_empty() {
+            self.read_buf = BytesMut::new();
+        }
     }
 
     /// `host:port` of the peer, for logs.
@@ -314,7 +326,7 @@ impl BackendConnection {
     /// One read of at most about `want` more bytes; the peer closing is an error.
     async fn fill(&mut self, want: usize) -> Result<(), BackendError> {
         use tokio::io::AsyncReadExt;
-        self.read_buf.reserve(want);
+        self.read_buf.reserve(want.max(MIN_READ));
         let n = self
             .stream
             .read_buf(&mut self.read_buf)
@@ -816,6 +828,21 @@ mod tests {
             }
         );
         assert_eq!(out, [first, last].concat());
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_read_buffer() {
+        let reply = op_msg::encode(1, 9, 0, &rawdoc! { "ok": 1.0 });
+        let addr = serve_raw(reply.clone()).await;
+        let mut conn = connect_to(addr).await;
+        assert_eq!(conn.read_buf.capacity(), 0);
+        let mut out = Vec::new();
+        conn.forward_reply(&mut out, &mut false).await.unwrap();
+        assert_eq!(out, reply);
+        // One read of at least MIN_READ took the reply whole.
+        assert!(conn.read_buf.capacity() > 0);
+        conn.release_idle();
+        assert_eq!(conn.read_buf.capacity(), 0);
     }
 
     #[tokio::test]
