@@ -24,7 +24,7 @@ step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "benchmarks, each run once as a smoke test"
-cargo test --workspace --bench jwt --bench wire --bench e2e
+cargo test --workspace --bench jwt --bench wire --bench e2e --bench decode
 
 step "cargo test (unit, integration and client end-to-end tests)"
 log="$(mktemp)"

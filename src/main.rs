@@ -98,7 +98,13 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
         // log shippers get plain text.
         .with_ansi(std::io::stderr().is_terminal());
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        // The current span already carries conn and peer; the span list
+        // would repeat them on every line.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_span_list(false)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }

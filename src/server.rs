@@ -436,6 +436,9 @@ async fn serve_connection(
         }
     };
     drop(rt);
+    let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let [full, resumed_count] = &metrics.tls_handshakes;
+    if resumed { resumed_count } else { full }.inc();
     let session = Session::new(stream, peer, shared);
     let span = tracing::info_span!("session", conn = session.connection_id(), %peer);
     async {

@@ -65,8 +65,17 @@ impl From<TlsError> for ConfigError {
     }
 }
 
+/// aws-lc-rs, the one crypto library in the binary: TLS on both sides,
+/// session tickets, and JWT signatures (jsonwebtoken's `aws_lc_rs` backend).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Makes aws-lc-rs the process-wide default for code that asks rustls for
+/// one: reqwest (built without a provider of its own) does, and panics
+/// without it. Installing twice is harmless; the first one stays.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 fn certificates(
@@ -141,10 +150,20 @@ fn build(listen: &ListenConfig) -> Result<Arc<ServerConfig>, TlsError> {
             )
         }
     };
-    let config = builder
+    let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Identity(e.to_string()))?;
+    // Stateless session tickets let a reconnecting client skip the full
+    // handshake (certificate signature, key exchange) without the server
+    // holding per-session state. The ticket keys are new with each built
+    // configuration, so after a reload that changes the certificate or
+    // client CA every client goes through a full handshake again.
+    config.ticketer = ticketer()?;
     Ok(Arc::new(config))
+}
+
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, TlsError> {
+    rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsError::Identity(e.to_string()))
 }
 
 #[cfg(test)]
@@ -230,6 +249,83 @@ mod tests {
             let c = ConfigError::from(e);
             assert_eq!((c.field.as_str(), c.to_string().as_str()), (field, want));
         }
+    }
+
+    /// Runs one in-memory handshake (and the tickets that follow it) and
+    /// returns how the server saw it.
+    fn handshake(
+        server: &Arc<ServerConfig>,
+        client: &Arc<rustls::ClientConfig>,
+    ) -> rustls::HandshakeKind {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::clone(client), name).unwrap();
+        let mut s = rustls::ServerConnection::new(Arc::clone(server)).unwrap();
+        for _ in 0..10 {
+            let mut to_server = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut to_server).unwrap();
+            }
+            let mut rd = &to_server[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+                s.process_new_packets().unwrap();
+            }
+            let mut to_client = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut to_client).unwrap();
+            }
+            let mut rd = &to_client[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+                c.process_new_packets().unwrap();
+            }
+            if to_server.is_empty() && to_client.is_empty() && !s.is_handshaking() {
+                break;
+            }
+        }
+        s.handshake_kind().unwrap()
+    }
+
+    #[test]
+    fn reconnecting_clients_resume_until_the_configuration_is_rebuilt() {
+        use rustls::HandshakeKind::{Full, Resumed};
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+        let l = listen(dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let server = server_config(&l).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        // Each client config has its own session store: one per client.
+        let new_client = || {
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth(),
+            )
+        };
+        let client = new_client();
+        assert_eq!(handshake(&server, &client), Full);
+        assert_eq!(handshake(&server, &client), Resumed);
+        assert_eq!(handshake(&server, &client), Resumed);
+        // More clients than rustls's default server-side cache holds (256
+        // sessions): with tickets the server keeps nothing, so the first
+        // client still resumes after all the others.
+        for _ in 0..300 {
+            assert_eq!(handshake(&server, &new_client()), Full);
+        }
+        assert_eq!(handshake(&server, &client), Resumed);
+        // A reload builds a new configuration: old tickets no longer resume.
+        let reloaded = server_config(&l).unwrap();
+        assert_eq!(handshake(&reloaded, &client), Full);
+        assert_eq!(handshake(&reloaded, &client), Resumed);
     }
 
     #[test]

@@ -327,6 +327,7 @@ pub fn http_client() -> Result<reqwest::Client, String> {
 pub fn http_client_trusting(
     extra_roots: &[CertificateDer<'static>],
 ) -> Result<reqwest::Client, String> {
+    crate::tls::install_default_provider();
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)

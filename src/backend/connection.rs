@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::scram::{SaltedPasswordCache, ScramSha256};
+use super::scram::{SaltedPasswordCache, ScramError, ScramSha256};
 use super::BackendError;
 use crate::wire::{self, op_msg, Frame, OpCode, OpMsg, DEFAULT_MAX_MESSAGE_SIZE};
 
@@ -88,6 +88,9 @@ impl AsyncWrite for BackendStream {
 
 /// How much of a large reply is read before it is passed on.
 const FORWARD_CHUNK: usize = 64 * 1024;
+/// The least a read from the backend asks for: a typical reply whole in one
+/// read (one syscall on plain TCP), however short the part still missing.
+const MIN_READ: usize = 16 * 1024;
 
 /// What [`BackendConnection::forward_reply`] passed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,10 +170,19 @@ impl BackendConnection {
         Ok(BackendConnection {
             stream,
             addr,
-            read_buf: BytesMut::with_capacity(16 * 1024),
+            // Allocated by the first read, released when the session is idle.
+            read_buf: BytesMut::new(),
             next_request_id: 1,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         })
+    }
+
+    /// Gives back the read buffer when nothing is buffered, so an idle
+    /// connection holds none; the next reply allocates it again.
+    pub fn release_idle(&mut self) {
+        if self.read_buf.is_empty() {
+            self.read_buf = BytesMut::new();
+        }
     }
 
     /// `host:port` of the peer, for logs.
@@ -314,7 +326,7 @@ impl BackendConnection {
     /// One read of at most about `want` more bytes; the peer closing is an error.
     async fn fill(&mut self, want: usize) -> Result<(), BackendError> {
         use tokio::io::AsyncReadExt;
-        self.read_buf.reserve(want);
+        self.read_buf.reserve(want.max(MIN_READ));
         let n = self
             .stream
             .read_buf(&mut self.read_buf)
@@ -418,22 +430,19 @@ impl BackendConnection {
                 detail: "saslStart reply says done before the SCRAM exchange".into(),
             });
         }
-        let server_first = SaslReply::payload(&self.addr, &reply)?.to_vec();
-        let cache = Arc::clone(cache);
-        // PBKDF2 (15000 iterations by default) takes milliseconds on a cache
-        // miss; run it off the async workers so other sessions keep moving.
-        let (conv_back, final_msg) = tokio::task::spawn_blocking(move || {
-            let mut conv = conv;
-            let r = conv.client_final(&server_first, &cache);
-            (conv, r)
-        })
-        .await
-        .map_err(|e| BackendError::Io {
-            addr: self.addr.clone(),
-            detail: format!("SCRAM key derivation task failed: {e}"),
-        })?;
-        let mut conv = conv_back;
-        let mut next = final_msg.map_err(scram_err)?;
+        let server_first = SaslReply::payload(&self.addr, &reply)?;
+        let mut conv = conv;
+        let mut next = match conv.client_final_if_cached(server_first, cache) {
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
+                let (c, r) = self
+                    .derive_client_final(conv, server_first.to_vec(), cache)
+                    .await?;
+                conv = c;
+                r.map_err(scram_err)?
+            }
+            Err(e) => return Err(scram_err(e)),
+        };
         for _ in 0..MAX_SASL_STEPS {
             let cont = rawdoc! {
                 "saslContinue": 1,
@@ -471,6 +480,29 @@ impl BackendConnection {
         Err(BackendError::Protocol {
             addr: self.addr.clone(),
             detail: format!("SCRAM did not finish within {MAX_SASL_STEPS} saslContinue steps"),
+        })
+    }
+}
+
+impl BackendConnection {
+    /// PBKDF2 (15000 iterations by default) takes milliseconds on a cache
+    /// miss; run it off the async workers so other sessions keep moving.
+    async fn derive_client_final(
+        &self,
+        mut conv: ScramSha256,
+        server_first: Vec<u8>,
+        cache: &Arc<SaltedPasswordCache>,
+    ) -> Result<(ScramSha256, Result<Vec<u8>, ScramError>), BackendError> {
+        let cache = Arc::clone(cache);
+        cache.count_blocking_task();
+        tokio::task::spawn_blocking(move || {
+            let r = conv.client_final(&server_first, &cache);
+            (conv, r)
+        })
+        .await
+        .map_err(|e| BackendError::Io {
+            addr: self.addr.clone(),
+            detail: format!("SCRAM key derivation task failed: {e}"),
         })
     }
 }
@@ -683,6 +715,71 @@ mod tests {
         assert!(!e.contains("secret-pw"));
     }
 
+    /// A SCRAM-SHA-256 server that knows user "u" with password "secret-pw"
+    /// and proves it, so the conversation succeeds.
+    fn scram_server() -> mock::Handler {
+        use crate::backend::scram::hmac;
+        use base64::engine::general_purpose::STANDARD as B64;
+        use base64::Engine as _;
+        use sha2::Sha256;
+        let first_bare = Arc::new(std::sync::Mutex::new(String::new()));
+        Arc::new(move |name, body| {
+            let payload = body.get_binary("payload").map(|b| b.bytes).unwrap_or(&[]);
+            let text = String::from_utf8_lossy(payload).to_string();
+            let server_first = |bare: &str| {
+                let nonce = bare.rsplit("r=").next().unwrap_or("");
+                format!("r={nonce}srv,s=c2FsdA==,i=4096")
+            };
+            match name {
+                "saslStart" => {
+                    let bare = text.trim_start_matches("n,,").to_string();
+                    let reply = sasl_reply(false, &server_first(&bare));
+                    *first_bare.lock().unwrap() = bare;
+                    MockReply::Doc(reply)
+                }
+                "saslContinue" if text.is_empty() => MockReply::Doc(sasl_reply(true, "")),
+                "saslContinue" => {
+                    let bare = first_bare.lock().unwrap().clone();
+                    let without_proof = text.split(",p=").next().unwrap_or("");
+                    let auth = format!("{bare},{},{without_proof}", server_first(&bare));
+                    let mut salted = [0u8; 32];
+                    pbkdf2::pbkdf2_hmac::<Sha256>(b"secret-pw", b"salt", 4096, &mut salted);
+                    let server_key = hmac(&salted, b"Server Key");
+                    let sig = B64.encode(hmac(&server_key, auth.as_bytes()));
+                    MockReply::Doc(sasl_reply(true, &format!("v={sig}")))
+                }
+                _ => MockReply::Close,
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_cached_salted_password_skips_the_blocking_pool() {
+        let port = mock::serve(scram_server()).await;
+        let cache = Arc::new(SaltedPasswordCache::new());
+        for _ in 0..3 {
+            let mut c = BackendConnection::connect("127.0.0.1", port, None, Duration::from_secs(2))
+                .await
+                .unwrap();
+            c.authenticate_scram_sha256("u", "secret-pw", "admin", &cache)
+                .await
+                .unwrap();
+        }
+        // Only the first sign-in derived (on the blocking pool); the other
+        // two computed their proofs inline from the cached salted password.
+        assert_eq!(cache.blocking_tasks(), 1);
+        let mut c = BackendConnection::connect("127.0.0.1", port, None, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let e = c
+            .authenticate_scram_sha256("u", "other-pw", "admin", &cache)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the server signature does not match"), "{e}");
+        assert_eq!(cache.blocking_tasks(), 2);
+    }
+
     /// A raw server that writes `bytes` to the first connection, then closes.
     async fn serve_raw(bytes: Vec<u8>) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -731,6 +828,21 @@ mod tests {
             }
         );
         assert_eq!(out, [first, last].concat());
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_read_buffer() {
+        let reply = op_msg::encode(1, 9, 0, &rawdoc! { "ok": 1.0 });
+        let addr = serve_raw(reply.clone()).await;
+        let mut conn = connect_to(addr).await;
+        assert_eq!(conn.read_buf.capacity(), 0);
+        let mut out = Vec::new();
+        conn.forward_reply(&mut out, &mut false).await.unwrap();
+        assert_eq!(out, reply);
+        // One read of at least MIN_READ took the reply whole.
+        assert!(conn.read_buf.capacity() > 0);
+        conn.release_idle();
+        assert_eq!(conn.read_buf.capacity(), 0);
     }
 
     #[tokio::test]

@@ -577,8 +577,7 @@ fn build_tls_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, Conf
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err(format!("cannot set up TLS: {e}")))?
         .with_root_certificates(roots);

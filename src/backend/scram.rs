@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -95,6 +96,8 @@ pub fn escape_user(user: &str) -> String {
 #[derive(Default)]
 pub struct SaltedPasswordCache {
     map: Mutex<HashMap<[u8; 32], [u8; 32]>>,
+    /// Sign-ins that went to the blocking pool, which only a miss should.
+    blocking_tasks: AtomicU64,
 }
 
 impl fmt::Debug for SaltedPasswordCache {
@@ -116,6 +119,38 @@ impl SaltedPasswordCache {
         self.len() == 0
     }
 
+    /// How many sign-ins sent their key derivation to the blocking pool.
+    pub fn blocking_tasks(&self) -> u64 {
+        self.blocking_tasks.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_blocking_task(&self) {
+        self.blocking_tasks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn key(user: &str, password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for part in [user.as_bytes(), password.as_bytes(), salt] {
+            // Length prefixes keep ("ab","c") and ("a","bc") apart.
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update(iterations.to_le_bytes());
+        h.finalize().into()
+    }
+
+    /// Hi(password, salt, i) if it is cached; never derives.
+    pub fn cached(
+        &self,
+        user: &str,
+        password: &str,
+        salt: &[u8],
+        iterations: u32,
+    ) -> Option<[u8; 32]> {
+        let key = Self::key(user, password, salt, iterations);
+        self.map.lock().ok()?.get(&key).copied()
+    }
+
     /// Hi(password, salt, i) from RFC 5802, computed at most once per key.
     pub fn salted_password(
         &self,
@@ -124,14 +159,7 @@ impl SaltedPasswordCache {
         salt: &[u8],
         iterations: u32,
     ) -> [u8; 32] {
-        let mut h = Sha256::new();
-        for part in [user.as_bytes(), password.as_bytes(), salt] {
-            // Length prefixes keep ("ab","c") and ("a","bc") apart.
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part);
-        }
-        h.update(iterations.to_le_bytes());
-        let key: [u8; 32] = h.finalize().into();
+        let key = Self::key(user, password, salt, iterations);
         if let Ok(m) = self.map.lock() {
             if let Some(v) = m.get(&key) {
                 return *v;
@@ -214,12 +242,37 @@ impl ScramSha256 {
     }
 
     /// Takes the server-first message and returns the client-final message
-    /// (`saslContinue` payload).
+    /// (`saslContinue` payload), deriving the salted password on a cache miss.
     pub fn client_final(
         &mut self,
         server_first: &[u8],
         cache: &SaltedPasswordCache,
     ) -> Result<Vec<u8>, ScramError> {
+        let sf = self.check_server_first(server_first)?;
+        let salted = cache.salted_password(&self.user, &self.password, &sf.salt, sf.iterations);
+        Ok(self.finish_client_final(&sf, &salted))
+    }
+
+    /// As `client_final` when the salted password is cached; `Ok(None)`,
+    /// with the conversation unchanged, when it would have to be derived.
+    /// Lets the caller compute the proofs inline and leave only PBKDF2 to
+    /// the blocking pool.
+    pub fn client_final_if_cached(
+        &mut self,
+        server_first: &[u8],
+        cache: &SaltedPasswordCache,
+    ) -> Result<Option<Vec<u8>>, ScramError> {
+        let sf = self.check_server_first(server_first)?;
+        let Some(salted) = cache.cached(&self.user, &self.password, &sf.salt, sf.iterations) else {
+            return Ok(None);
+        };
+        Ok(Some(self.finish_client_final(&sf, &salted)))
+    }
+
+    fn check_server_first<'a>(
+        &self,
+        server_first: &'a [u8],
+    ) -> Result<ServerFirst<'a>, ScramError> {
         if !matches!(self.state, State::Initial) {
             return Err(ScramError::OutOfOrder("server-first received twice"));
         }
@@ -227,8 +280,11 @@ impl ScramSha256 {
         if !sf.nonce.starts_with(&self.client_nonce) || sf.nonce.len() == self.client_nonce.len() {
             return Err(ScramError::NonceMismatch);
         }
-        let salted = cache.salted_password(&self.user, &self.password, &sf.salt, sf.iterations);
-        let client_key = hmac(&salted, b"Client Key");
+        Ok(sf)
+    }
+
+    fn finish_client_final(&mut self, sf: &ServerFirst<'_>, salted: &[u8; 32]) -> Vec<u8> {
+        let client_key = hmac(salted, b"Client Key");
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
         // "biws" is base64("n,,"): no channel binding, no authzid.
         let without_proof = format!("c=biws,r={}", sf.nonce);
@@ -238,10 +294,10 @@ impl ScramSha256 {
         for (p, s) in proof.iter_mut().zip(client_signature) {
             *p ^= s;
         }
-        let server_key = hmac(&salted, b"Server Key");
+        let server_key = hmac(salted, b"Server Key");
         let server_signature = hmac(&server_key, auth_message.as_bytes());
         self.state = State::SentClientFinal { server_signature };
-        Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
+        format!("{without_proof},p={}", B64.encode(proof)).into_bytes()
     }
 
     /// Checks the server-final message. Only after this succeeds is the

@@ -95,6 +95,8 @@ pub struct Metrics {
     /// `connections_rejected_total`, one series per reason.
     pub rejected: Rejected,
     pub auth_attempts: AuthAttempts,
+    /// Completed client TLS handshakes: full, or resumed from a ticket.
+    pub tls_handshakes: [IntCounter; 2],
     pub auth_duration: Histogram,
     pub sessions_refused: IntCounter,
     pub reauthentications: IntCounter,
@@ -387,6 +389,15 @@ impl Metrics {
             connections_active: active,
             rejected: Rejected::new(&r),
             auth_attempts: AuthAttempts::new(&r),
+            tls_handshakes: {
+                let family = counters(
+                    &r,
+                    "tls_handshakes_total",
+                    "Completed client TLS handshakes, by kind: full, or resumed from a session ticket.",
+                    ["kind"],
+                );
+                ["full", "resumed"].map(|k| family.with([k]))
+            },
             auth_duration: histogram(
                 &r,
                 "auth_duration_seconds",

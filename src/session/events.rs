@@ -2,6 +2,7 @@
 //! transition, and the sinks (metrics, log, the audit trail) turn them into
 //! counters and lines. Nothing else in the session logs or counts.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -337,6 +338,20 @@ impl RateLimit {
     }
 }
 
+/// `name=value,...` for the claims `log_claims` names; Debug-escaped
+/// values, as the token's author chose them.
+struct LogClaims<'a>(&'a [(String, String)]);
+
+impl fmt::Display for LogClaims<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (name, value)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{name}={value:?}")?;
+        }
+        Ok(())
+    }
+}
+
 impl Sink for LogSink {
     fn emit(&self, conn: &ConnInfo, event: &Event<'_>) {
         let (conn_id, peer) = (conn.id, conn.peer);
@@ -369,9 +384,13 @@ impl Sink for LogSink {
                     tracing::warn!(conn = conn_id, %peer, user = %id.user, roles = ?id.roles, issuer,
                         "signed in, but no grant matches: every command will be refused");
                 } else {
-                    tracing::info!(conn = conn_id, %peer, user = %id.user, roles = ?id.roles, issuer,
-                        flow = session.flow.label(), claims = ?id.log_claims, grant, backend_user,
-                        reauthenticated, app = ?app_name, "signed in");
+                    // Fields only, each once: conn and peer come from the
+                    // session span, roles and the rest are in the audit record.
+                    let claims = (!id.log_claims.is_empty())
+                        .then(|| tracing::field::display(LogClaims(&id.log_claims)));
+                    tracing::info!(user = %id.user, idp = issuer, flow = session.flow.label(),
+                        grant, backend_user, app = *app_name, claims,
+                        reauth = reauthenticated.then_some(true), "signed in");
                 }
             }
             // Debug-formatted: the reason quotes token fields (issuer, kid,

@@ -56,8 +56,13 @@ use phase::{Access, Flow, Phase, Policy};
 
 /// Drivers' human-flow callback timeout (300 s) plus a margin.
 const HUMAN_FLOW_TIMEOUT: Duration = Duration::from_secs(310);
-/// A read buffer grown past this for one large message is released once idle.
+/// A read buffer grown past this for one large message is released at once.
 const KEPT_READ_BUFFER: usize = 64 * 1024;
+/// Silence after which a connection gives back its read buffers (client and
+/// backend). Long next to a round trip, so a busy connection reuses one
+/// buffer without an allocation per message; short next to the time a
+/// driver's pooled connection sits idle.
+const IDLE_RELEASE: Duration = Duration::from_millis(500);
 
 /// Why a session ended, for the log and the `connections_closed_total` metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +174,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// costs the same after it as before.
     fn shrink(&mut self) {
         if self.read_buf.is_empty() && self.read_buf.capacity() > KEPT_READ_BUFFER {
+            self.read_buf = BytesMut::new();
+        }
+    }
+
+    /// Releases the read buffer while nothing is buffered: an idle
+    /// connection holds none.
+    fn release_idle(&mut self) {
+        if self.read_buf.is_empty() {
             self.read_buf = BytesMut::new();
         }
     }
@@ -336,7 +349,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 (self.sign_in_deadline, CloseReason::SignInDeadline)
             })
         };
-        let read = wire::read_frame(&mut self.client.stream, &mut self.client.read_buf, max);
+        let client = &mut self.client;
+        let backend = self.backend.as_mut().map(|b| &mut b.connection);
+        let read = async move {
+            // read_frame keeps all its state in the buffer, so it can be
+            // dropped and started again after the release.
+            let busy = tokio::select! {
+                biased;
+                r = wire::read_frame(&mut client.stream, &mut client.read_buf, max) => Some(r),
+                _ = tokio::time::sleep(IDLE_RELEASE) => None,
+            };
+            match busy {
+                Some(r) => r,
+                None => {
+                    client.release_idle();
+                    if let Some(b) = backend {
+                        b.release_idle();
+                    }
+                    wire::read_frame(&mut client.stream, &mut client.read_buf, max).await
+                }
+            }
+        };
         let timeout = async {
             match waits {
                 Some((at, _)) => tokio::time::sleep_until(at.into()).await,

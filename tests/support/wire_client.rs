@@ -28,7 +28,7 @@ pub fn tls_connector(ca: &Path) -> TlsConnector {
         roots.add(cert.expect("CA PEM")).expect("add CA");
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("TLS versions")
