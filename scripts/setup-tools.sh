@@ -45,6 +45,10 @@ python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' ||
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 [ "$node_major" -ge 18 ] || die "node >= 18 is required (found $(node --version))"
 
+# SETUP_ONLY="python haproxy" installs just those parts (scripts/bench.sh
+# needs only SecantusDB and haproxy); unset, everything.
+want() { [ -z "${SETUP_ONLY:-}" ] || [[ " $SETUP_ONLY " == *" $1 "* ]]; }
+
 mkdir -p "$TOOLS"
 # keep the installed tools out of git without touching the repo's .gitignore
 [ -f "$TOOLS/.gitignore" ] || echo "*" >"$TOOLS/.gitignore"
@@ -57,7 +61,9 @@ grep -qx "SecantusDB==$SECANTUS_VERSION" "$PY_REQS" && grep -qx "pymongo==$PYMON
     die "$PY_REQS does not pin $PY_PINS"
 PY_PINS="$PY_PINS reqs:$(sha256sum "$PY_REQS" | cut -c1-16)"
 PY_STAMP="$TOOLS/venv/.mop-stamp"
-if [ -x "$TOOLS/venv/bin/secantusd-py" ] && [ "$(cat "$PY_STAMP" 2>/dev/null)" = "$PY_PINS" ]; then
+if ! want python; then
+    log "python: skipped (SETUP_ONLY=$SETUP_ONLY)"
+elif [ -x "$TOOLS/venv/bin/secantusd-py" ] && [ "$(cat "$PY_STAMP" 2>/dev/null)" = "$PY_PINS" ]; then
     log "python venv up to date (SecantusDB==$SECANTUS_VERSION pymongo==$PYMONGO_VERSION)"
 else
     if [ ! -x "$TOOLS/venv/bin/python" ]; then
@@ -82,7 +88,9 @@ grep -qx "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "$KV_REQS" ||
     die "$KV_REQS does not pin kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 KV_PINS="kubernetes-validate==$KUBERNETES_VALIDATE_VERSION reqs:$(sha256sum "$KV_REQS" | cut -c1-16)"
 KV_STAMP="$TOOLS/venv/.mop-stamp-deploy"
-if [ -x "$TOOLS/venv/bin/kubernetes-validate" ] && [ "$(cat "$KV_STAMP" 2>/dev/null)" = "$KV_PINS" ]; then
+if ! want deploy; then
+    log "deploy: skipped (SETUP_ONLY=$SETUP_ONLY)"
+elif [ -x "$TOOLS/venv/bin/kubernetes-validate" ] && [ "$(cat "$KV_STAMP" 2>/dev/null)" = "$KV_PINS" ]; then
     log "kubernetes-validate up to date ($KUBERNETES_VALIDATE_VERSION)"
 else
     log "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION (scripts/tools-requirements-deploy.txt) into $TOOLS/venv ..."
@@ -102,7 +110,9 @@ SUITE_SRC="$SUITE_DIR/pymongo-$PYMONGO_VERSION"
 SUITE_PINS="pymongo-sdist==$PYMONGO_VERSION reqs:$(sha256sum "$SUITE_REQS" | cut -c1-16)"
 # In the venv, so that a re-created venv gets the test dependencies again.
 SUITE_STAMP="$TOOLS/venv/.mop-stamp-pymongo-suite"
-if [ -f "$SUITE_SRC/test/test_auth_oidc.py" ] && [ "$(cat "$SUITE_STAMP" 2>/dev/null)" = "$SUITE_PINS" ]; then
+if ! want suite; then
+    log "suite: skipped (SETUP_ONLY=$SETUP_ONLY)"
+elif [ -f "$SUITE_SRC/test/test_auth_oidc.py" ] && [ "$(cat "$SUITE_STAMP" 2>/dev/null)" = "$SUITE_PINS" ]; then
     log "pymongo $PYMONGO_VERSION test suite up to date"
 else
     log "installing pymongo $PYMONGO_VERSION's test suite (its sdist) into $SUITE_DIR and its test dependencies (scripts/tools-requirements-pymongo-suite.txt) into $TOOLS/venv ..."
@@ -129,7 +139,9 @@ NPM_SRC="$REPO/scripts/tools-npm"
 [ -f "$NPM_SRC/package-lock.json" ] || die "$NPM_SRC/package-lock.json is missing"
 NPM_PINS="$NPM_PACKAGES lock:$(sha256sum "$NPM_SRC/package-lock.json" | cut -c1-16)"
 NPM_STAMP="$TOOLS/npm/.mop-stamp"
-if [ -x "$TOOLS/npm/node_modules/.bin/mongosh" ] && [ "$(cat "$NPM_STAMP" 2>/dev/null)" = "$NPM_PINS" ]; then
+if ! want npm; then
+    log "npm: skipped (SETUP_ONLY=$SETUP_ONLY)"
+elif [ -x "$TOOLS/npm/node_modules/.bin/mongosh" ] && [ "$(cat "$NPM_STAMP" 2>/dev/null)" = "$NPM_PINS" ]; then
     log "npm packages up to date ($NPM_PACKAGES)"
 else
     log "installing $NPM_PACKAGES into $TOOLS/npm (npm ci from scripts/tools-npm; about a minute) ..."
@@ -152,7 +164,9 @@ PROMETHEUS_DEB="prometheus"
 PROM_DIR="$TOOLS/prometheus"
 PROM_STAMP="$PROM_DIR/.mop-stamp"
 prom_version="$(apt-cache policy "$PROMETHEUS_DEB" 2>/dev/null | awk '/Candidate:/ { print $2 }')"
-if [ -x "$PROM_DIR/promtool" ] && { [ -z "$prom_version" ] || [ "$(cat "$PROM_STAMP" 2>/dev/null)" = "$prom_version" ]; }; then
+if ! want promtool; then
+    log "promtool: skipped (SETUP_ONLY=$SETUP_ONLY)"
+elif [ -x "$PROM_DIR/promtool" ] && { [ -z "$prom_version" ] || [ "$(cat "$PROM_STAMP" 2>/dev/null)" = "$prom_version" ]; }; then
     log "promtool up to date ($("$PROM_DIR/promtool" --version 2>&1 | head -1))"
 else
     if [ -z "$prom_version" ] || [ "$prom_version" = "(none)" ]; then
@@ -175,7 +189,9 @@ fi
 
 # --- haproxy (system package) ----------------------------------------------
 haproxy_bin="$(command -v haproxy 2>/dev/null || echo /usr/sbin/haproxy)"
-if [ -x "$haproxy_bin" ]; then
+if ! want haproxy; then
+    log "haproxy: skipped (SETUP_ONLY=$SETUP_ONLY)"
+elif [ -x "$haproxy_bin" ]; then
     log "haproxy present ($("$haproxy_bin" -v 2>/dev/null | head -1))"
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing haproxy (apt-get install haproxy) ..."
@@ -187,7 +203,9 @@ else
 fi
 
 # --- tinyproxy: a real HTTPS forward proxy for the IdP egress tests ---------
-if command -v tinyproxy >/dev/null 2>&1; then
+if ! want tinyproxy; then
+    log "tinyproxy: skipped (SETUP_ONLY=$SETUP_ONLY)"
+elif command -v tinyproxy >/dev/null 2>&1; then
     log "tinyproxy present ($(tinyproxy -v 2>&1 | head -n 1))"
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing tinyproxy (apt-get) ..."
