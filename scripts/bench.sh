@@ -46,7 +46,7 @@ cargo bench --no-run --bench e2e --bench jwt --bench decode
 
 if [ "${SKIP_CRITERION:-${SKIP_JWT:-0}}" != 1 ]; then
     # Shorter than criterion's 3 s + 5 s per bench: the script must fit in 10 minutes.
-    criterion_args=(--warm-up-time 1 --measurement-time 2)
+    criterion_args=(--warm-up-time 0.5 --measurement-time 1.5)
     step "cargo bench --bench jwt"
     cargo bench --bench jwt -- "${criterion_args[@]}"
     step "cargo bench --bench decode"

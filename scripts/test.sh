@@ -30,6 +30,9 @@ step "cargo test (unit, integration and client end-to-end tests)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 # Client end-to-end tests start real servers; two at a time suits 2-core CI.
-cargo test --workspace --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log"
+# Every test binary runs even after a failure, so one run shows them all.
+status=0
+cargo test --workspace --no-fail-fast --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log" || status=$?
 echo "test command took ${SECONDS} s"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -288,10 +288,15 @@ async fn metrics_after_a_pymongo_sign_in() {
         .filter(|l| l.starts_with("mongo_oidc_proxy_sign_ins_total{"))
         .collect();
     eprintln!("{sign_ins:?}");
-    // pymongo and the wire client both sign in with saslStart {jwt}.
+    // pymongo and the wire client both sign in with saslStart {jwt}; the
+    // IdP's other flows are there from the start, at 0.
     assert_eq!(
         sign_ins,
-        ["mongo_oidc_proxy_sign_ins_total{flow=\"machine\",idp=\"test\"} 2"]
+        [
+            "mongo_oidc_proxy_sign_ins_total{flow=\"human\",idp=\"test\"} 0",
+            "mongo_oidc_proxy_sign_ins_total{flow=\"machine\",idp=\"test\"} 2",
+            "mongo_oidc_proxy_sign_ins_total{flow=\"speculative\",idp=\"test\"} 0",
+        ]
     );
 
     for (series, want) in [
