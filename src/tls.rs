@@ -181,6 +181,19 @@ mod tests {
         }
     }
 
+    /// Writes a fresh self-signed `localhost` certificate and its key as
+    /// `c.pem` and `k.pem` in `dir`.
+    fn write_identity(dir: &std::path::Path) -> rcgen::Certificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
+        cert
+    }
+
     #[test]
     fn missing_and_empty_files_name_the_field() {
         let dir = tempfile::tempdir().unwrap();
@@ -202,13 +215,8 @@ mod tests {
     #[test]
     fn a_key_file_without_a_key_names_listen_tls_key() {
         let dir = tempfile::tempdir().unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        write_identity(dir.path());
         let cert_path = dir.path().join("c.pem");
-        std::fs::write(&cert_path, cert.pem()).unwrap();
         // The certificate given as the key, a common slip.
         let err = server_config(&listen(cert_path.clone(), cert_path.clone())).unwrap_err();
         assert_eq!(err.field, "listen.tls_key");
@@ -290,13 +298,7 @@ mod tests {
     fn reconnecting_clients_resume_until_the_configuration_is_rebuilt() {
         use rustls::HandshakeKind::{Full, Resumed};
         let dir = tempfile::tempdir().unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+        let cert = write_identity(dir.path());
         let l = listen(dir.path().join("c.pem"), dir.path().join("k.pem"));
         let server = server_config(&l).unwrap();
         let mut roots = rustls::RootCertStore::empty();
@@ -331,13 +333,7 @@ mod tests {
     #[test]
     fn builds_from_a_generated_identity() {
         let dir = tempfile::tempdir().unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+        write_identity(dir.path());
         assert!(server_config(&listen(dir.path().join("c.pem"), dir.path().join("k.pem"))).is_ok());
         // A key that does not belong to the certificate.
         let other = rcgen::KeyPair::generate().unwrap();
