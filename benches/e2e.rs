@@ -614,6 +614,20 @@ fn find_haproxy() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The proxy's command, under `E2E_PROXY_WRAPPER` when set (a profiler, e.g.
+/// `heaptrack -o /tmp/proxy`; the memory figures are then the wrapper's).
+fn proxy_command() -> Command {
+    let bin = env!("CARGO_BIN_EXE_mongo-oidc-proxy");
+    let wrapper = std::env::var("E2E_PROXY_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let Some(first) = words.next() else {
+        return Command::new(bin);
+    };
+    let mut cmd = Command::new(first);
+    cmd.args(words).arg(bin);
+    cmd
+}
+
 fn command_line(bin: &str, args: &[&str]) -> String {
     Command::new(bin)
         .args(args)
@@ -703,7 +717,7 @@ async fn start_relays(env: &Env, backend_port: u16, tag: &str) -> Res<Relays> {
         proxy_config(dir, proxy_port, backend_port, &env.issuer, env.max_conns),
     )
     .map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mongo-oidc-proxy"));
+    let mut cmd = proxy_command();
     // The shipped default log level (info), to a file: its cost is part of the relay's.
     cmd.arg("--config").arg(&cfg_path);
     let mut proxy = spawn_relay(

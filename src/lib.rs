@@ -71,6 +71,8 @@
 //!   hands it the reload function SIGHUP uses. The wire side, mongod's
 //!   `oidcListKeys`/`oidcRefreshKeys` for admin grants, is
 //!   [`session::admin`].
+//! - [`memory`]: freed memory handed back to the system after connections
+//!   close (the binary supplies the allocator call).
 //! - [`errors`]: MongoDB error codes and replies.
 //! - [`selftest`]: the operator's own checks from the command line —
 //!   `token` (an access token from a configured IdP by the device flow or
@@ -108,6 +110,7 @@ pub mod fdlimit;
 pub mod fuzzing;
 #[cfg(test)]
 mod layering;
+pub mod memory;
 pub mod metrics;
 pub mod readiness;
 pub mod runtime;

@@ -160,14 +160,31 @@ fn main() -> ExitCode {
                 cli.log_level.as_deref().or(config.log.level.as_deref()),
             );
             block_on(async move {
-                let running = mongo_oidc_proxy::server::start_from_file(config, &path)
+                let mut running = mongo_oidc_proxy::server::start_from_file(config, &path)
                     .await
                     .map_err(|e| Failure::new(&e, &path))?;
+                running.release_freed_memory(release_freed_memory);
                 running.run_until_signal().await;
                 Ok(())
             })
         }
     }
+}
+
+/// glibc keeps pages freed in the middle of its heaps resident; this hands
+/// them back (see the library's `memory` module for when it runs).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_freed_memory() -> bool {
+    // SAFETY: malloc_trim takes no pointers; glibc locks each arena while it
+    // walks it, so it is safe beside any other allocation on any thread.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// Other allocators (musl's, jemalloc, macOS's) return memory themselves.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() -> bool {
+    false
 }
 
 /// Why the proxy did not run: a refused config exits 2, as `check` does.

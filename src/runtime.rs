@@ -203,6 +203,9 @@ pub struct Shared {
     /// `configureFailPoint` state: process-wide, as on mongod; consulted
     /// only while the runtime has test commands on.
     pub failpoints: std::sync::Mutex<FailPoints>,
+    /// Notified when much memory was just freed: a connection ended, or a
+    /// message of 1 MiB or more was relayed ([`crate::memory`]).
+    pub memory_freed: Arc<tokio::sync::Notify>,
     next_connection_id: AtomicI32,
 }
 
@@ -218,6 +221,7 @@ impl Shared {
             service_id: bson::oid::ObjectId::new(),
             admission: crate::admission::Table::default(),
             failpoints: std::sync::Mutex::new(FailPoints::default()),
+            memory_freed: Arc::default(),
             next_connection_id: AtomicI32::new(1),
         }
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::admin::http::Reload;
@@ -115,6 +116,19 @@ impl Running {
     /// Validates `config` through the runtime builder and swaps it in whole.
     pub async fn reload_with(&self, config: Config) -> Result<Reloaded, ConfigError> {
         self.reloader.reload_with(config).await
+    }
+
+    /// Hands freed memory back to the system after connections close or
+    /// large messages pass ([`crate::memory`]); the binary calls this with
+    /// the allocator's call.
+    pub fn release_freed_memory(&mut self, release: crate::memory::Release) {
+        let task = crate::memory::release_after_frees(
+            self.shared.memory_freed.clone(),
+            release,
+            crate::memory::Pacing::default(),
+            self.metrics.memory_release_duration.clone(),
+        );
+        self.background.push(tokio::spawn(task));
     }
 
     /// SIGUSR1 (logrotate's `postrotate`): the audit file is opened again at
@@ -378,6 +392,7 @@ async fn accept_loop(
                     serve_connection(tcp, peer, rt, shared.clone(), metrics).await;
                     shared.admission.release(peer.ip());
                     drop(slot);
+                    shared.memory_freed.notify_one();
                 });
             }
         }
@@ -412,6 +427,11 @@ async fn reached(stage: &mut watch::Receiver<Stage>, want: impl FnMut(&Stage) ->
     let _ = stage.wait_for(want).await.is_ok();
 }
 
+/// One connection: the TLS handshake, then the session. The task lives as
+/// long as the connection and is as large as its largest state, so both
+/// phases are boxed: the handshake's state is freed once it is done, and the
+/// session's is held once (a local that an `.await` moves from keeps its
+/// space in the task).
 async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -419,6 +439,21 @@ async fn serve_connection(
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
 ) {
+    let session = {
+        let Some(stream) = Box::pin(accept_tls(tcp, peer, rt, &metrics)).await else {
+            return;
+        };
+        Box::pin(run_session(stream, peer, shared, metrics))
+    };
+    session.await;
+}
+
+async fn accept_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    rt: Arc<Runtime>,
+    metrics: &Metrics,
+) -> Option<TlsStream<TcpStream>> {
     let _ = tcp.set_nodelay(true);
     let deadline = Duration::from_secs(rt.limits.auth_timeout_secs);
     // New handshakes use the certificate of the runtime current at accept.
@@ -427,27 +462,37 @@ async fn serve_connection(
         Ok(Err(e)) => {
             metrics.rejected.tls_handshake.inc();
             info!(%peer, error = %e, "TLS handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             metrics.rejected.tls_timeout.inc();
             info!(%peer, "TLS handshake timed out");
-            return;
+            return None;
         }
     };
-    drop(rt);
     let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let [full, resumed_count] = &metrics.tls_handshakes;
     if resumed { resumed_count } else { full }.inc();
-    let session = Session::new(stream, peer, shared);
+    Some(stream)
+}
+
+/// Not `async`: the session moves straight into the returned future, which
+/// then holds it once.
+fn run_session(
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+) -> impl std::future::Future<Output = ()> + Send {
+    let mut session = Session::new(stream, peer, shared);
     let span = tracing::info_span!("session", conn = session.connection_id(), %peer);
-    async {
+    async move {
         metrics.connections_active.inc();
         session.run().await;
+        drop(session);
         metrics.connections_active.dec();
     }
     .instrument(span)
-    .await;
 }
 
 /// The signals the proxy handles. Registering a handler replaces the default

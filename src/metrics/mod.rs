@@ -112,6 +112,8 @@ pub struct Metrics {
     /// Resolved once: the relay path touches only these atomics.
     pub relay: RelayCounters,
     pub backend_connect_duration: Histogram,
+    /// Passes handing freed memory back to the system ([`crate::memory`]).
+    pub memory_release_duration: Histogram,
     /// Admin requests by endpoint and result, every pair created up front.
     admin_requests: [[IntCounter; AdminOutcome::ALL.len()]; AdminAction::ALL.len()],
     /// Sign-ins by IdP (`auth_name_prefix`) and flow; bounded by the config.
@@ -458,6 +460,12 @@ impl Metrics {
                 &r,
                 "backend_connect_duration_seconds",
                 "Time to connect and sign in to the backend.",
+                seconds.clone(),
+            ),
+            memory_release_duration: histogram(
+                &r,
+                "memory_release_duration_seconds",
+                "Time of each pass handing freed memory back to the system after connections closed.",
                 seconds,
             ),
             backend_errors_by_stage: STAGES.map(|s| backend_errors.with([s.label()])),

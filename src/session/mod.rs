@@ -257,7 +257,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Serves the connection until either side closes it; the one exit
     /// emits the session's end.
-    pub async fn run(mut self) -> CloseReason {
+    /// By reference: the caller's future holds the session once (an
+    /// `async fn` taking `self` keeps a second copy of it).
+    pub async fn run(&mut self) -> CloseReason {
         let reason = self.serve().await;
         self.leave_human_window();
         self.emit(&Event::SessionEnded {
@@ -593,11 +595,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let retryable = req.command.is_some_and(|c| c.is_retryable_write());
                 error.labelled_for(retryable).to_document()
             }
-            Action::Hello { speculative } => self.hello(req, speculative, rt).await,
-            Action::SaslStart => self.sasl_start(req, rt).await,
-            Action::SaslContinue => self.sasl_continue(req, rt).await,
-            Action::Local(local) => self.local(local, rt).await,
-            Action::Admin(command) => self.admin(command, rt).await,
+            // Boxed: a connection's task is as large as its largest state for
+            // as long as it lives, and these (sign-in above all) are 1-2 KiB
+            // each where waiting for the next message needs a few hundred bytes.
+            Action::Hello { speculative } => Box::pin(self.hello(req, speculative, rt)).await,
+            Action::SaslStart => Box::pin(self.sasl_start(req, rt)).await,
+            Action::SaslContinue => Box::pin(self.sasl_continue(req, rt)).await,
+            Action::Local(local) => Box::pin(self.local(local, rt)).await,
+            Action::Admin(command) => Box::pin(self.admin(command, rt)).await,
         };
         if req.more_to_come {
             return Ok(());
@@ -973,7 +978,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let backend = backend.clone();
         let retryable = req.command.is_some_and(|c| c.is_retryable_write());
         if self.backend.is_none() {
-            if let Err(error) = self.connect_backend(&backend, rt).await {
+            // Boxed, as sign-in is in `act`: it runs once per connection.
+            if let Err(error) = Box::pin(self.connect_backend(&backend, rt)).await {
                 let doc = error.labelled_for(retryable).to_document();
                 return self.send(req.request_id, ReplyKind::Msg, &doc).await;
             }
@@ -1003,6 +1009,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             status: progress.status,
             duration: started.elapsed(),
         });
+        if req.bytes.len() as u64 + progress.to_client >= wire::frame::OWN_MAPPING as u64 {
+            self.shared.memory_freed.notify_one();
+        }
         if by_operator {
             // The client sees EOF, as when a mongod connection is killed.
             return Err(CloseReason::ClosedByOperator);
@@ -1054,7 +1063,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let retryable = command.is_retryable_write();
         if self.backend.is_none() {
-            if let Err(error) = self.connect_backend(&backend, rt).await {
+            // Boxed, as sign-in is in `act`: it runs once per connection.
+            if let Err(error) = Box::pin(self.connect_backend(&backend, rt)).await {
                 let doc = error.labelled_for(retryable).to_document();
                 return self.send(req.request_id, ReplyKind::Msg, &doc).await;
             }
