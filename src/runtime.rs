@@ -173,6 +173,12 @@ impl Runtime {
     }
 }
 
+/// How long sessions have to end once the drain period is over
+/// ([`Stage::Closing`]) before the server aborts them. A session still busy at
+/// half of it (a client that does not take its last reply) ends itself, so
+/// its end is recorded like every other.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Where the process is in its life; sessions watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {

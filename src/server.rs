@@ -23,12 +23,11 @@ use crate::config::{Config, ConfigError};
 use crate::metrics::{self, Endpoints, Metrics, MetricsSink};
 use crate::readiness::Health;
 pub use crate::runtime::Reloaded;
-use crate::runtime::{Runtime, Shared, Stage};
+use crate::runtime::{Runtime, Shared, Stage, CLOSE_GRACE};
 use crate::session::events::{LogSink, OperatorEvent, RateLimit, Sinks};
 use crate::session::Session;
 
 /// After the drain period, how long interrupted sessions get to say so.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

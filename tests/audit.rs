@@ -574,3 +574,40 @@ fn check_and_start_up_refuse_an_audit_file_that_cannot_be_written() {
         assert!(!dir.path().join("nowhere").exists());
     }
 }
+
+#[tokio::test]
+async fn a_session_that_does_not_take_its_replies_is_recorded_when_the_drain_ends() {
+    let idp = idp().await;
+    let s = Setup::new();
+    let audit = s.file("audit.log");
+    s.write(
+        idp.issuer(),
+        &audit_extra(&audit.display().to_string(), false),
+    );
+    let mut p = ProxyProcess::start(&s.path(), s.port).await;
+    let mut c = signed_in(&s, &idp, "alice", &["writers"]).await;
+    // 50,000 hellos, their replies never read: once the socket buffers are
+    // full the proxy's reply write waits for good, past the drain's end.
+    let hello =
+        mongo_oidc_proxy::wire::op_msg::encode(7, 0, 0, &rawdoc! { "hello": 1, "$db": "admin" });
+    let hellos = hello.repeat(50_000);
+    let writer = tokio::spawn(async move {
+        c.send_raw(&hellos).await;
+        c
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop(&mut p).await;
+    let got = records(&audit);
+    let types = types(&got);
+    // In between: the hellos read during the drain, refused with 91.
+    let tail = &types[types.len().saturating_sub(3)..];
+    assert_eq!(types.first(), Some(&"sign_in"), "{} records", types.len());
+    assert_eq!(
+        types.last(),
+        Some(&"session_end"),
+        "{} records, the last {tail:?}",
+        types.len()
+    );
+    assert_eq!(got.last().map(|r| &r["reason"]), Some(&json!("shutdown")));
+    writer.abort();
+}

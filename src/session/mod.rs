@@ -260,7 +260,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// By reference: the caller's future holds the session once (an
     /// `async fn` taking `self` keeps a second copy of it).
     pub async fn run(&mut self) -> CloseReason {
-        let reason = self.serve().await;
+        let mut stage = self.stage.clone();
+        let reason = tokio::select! {
+            biased;
+            reason = self.serve() => reason,
+            () = closed_for_good(&mut stage) => CloseReason::Shutdown,
+        };
         self.leave_human_window();
         self.emit(&Event::SessionEnded {
             reason,
@@ -1258,6 +1263,14 @@ enum Rewrite {
     Parameters { all: bool, show_details: bool },
     /// A write the fail point may add a `writeConcernError` to.
     WriteConcern,
+}
+
+/// Resolves half the close grace after the drain period: whatever the
+/// session is waiting for by then (a client that does not read its reply)
+/// ends with it, before the server aborts the task unrecorded.
+async fn closed_for_good(stage: &mut watch::Receiver<Stage>) {
+    closing(stage).await;
+    tokio::time::sleep(crate::runtime::CLOSE_GRACE / 2).await;
 }
 
 /// Resolves once the drain period is over.
