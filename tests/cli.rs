@@ -364,6 +364,15 @@ fn check_and_start_up_refuse_the_same_configs() {
             "listen.address",
             listen_name.into(),
         ),
+        (
+            "a metrics.address host name",
+            format!("{TABLE_CONFIG}\n[metrics]\naddress = \"metrics.example.com:9216\"\n"),
+            None,
+            "metrics.address",
+            "'metrics.example.com:9216' is not an IP address and port; write one such as \
+             0.0.0.0:9216 or 127.0.0.1:9216 (only localhost is accepted as a name)"
+                .into(),
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (what, text, nofile, field, message)) in rows.iter().enumerate() {

@@ -153,6 +153,8 @@ pub struct GrantConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
+    /// An IP address and port, or `localhost:PORT`, as `listen.address`.
+    #[serde(deserialize_with = "deserialize_listen_address")]
     pub address: SocketAddr,
 }
 
@@ -310,11 +312,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses `listen.address`: an IP address and port (`0.0.0.0:27017`,
-/// `[::]:27017`), or `localhost:PORT`, which means 127.0.0.1:PORT. Other
-/// host names are refused: which address a name resolves to is not something
-/// to leave to the resolver at start-up.
+/// Parses `listen.address` and `metrics.address`: an IP address and port
+/// (`0.0.0.0:27017`, `[::]:27017`), or `localhost:PORT`, which means
+/// 127.0.0.1:PORT. Other host names are refused: which address a name
+/// resolves to is not something to leave to the resolver at start-up.
 pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    parse_address(text, 27017)
+}
+
+fn parse_address(text: &str, example_port: u16) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
@@ -325,8 +331,8 @@ pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
     match localhost {
         Some(port) => Ok(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))),
         None => Err(format!(
-            "'{text}' is not an IP address and port; write one such as 0.0.0.0:27017 or \
-             127.0.0.1:27017 (only localhost is accepted as a name)"
+            "'{text}' is not an IP address and port; write one such as 0.0.0.0:{example_port} or \
+             127.0.0.1:{example_port} (only localhost is accepted as a name)"
         )),
     }
 }
@@ -336,20 +342,22 @@ fn deserialize_listen_address<'de, D: Deserializer<'de>>(d: D) -> Result<SocketA
     parse_listen_address(&text).map_err(serde::de::Error::custom)
 }
 
-/// `listen.address` is checked before the typed parse so that a refusal is
-/// reported as `listen.address: ...` rather than inside a TOML parse error.
+/// The addresses are checked before the typed parse so that a refusal is
+/// reported as `listen.address: ...` (or `metrics.address`) rather than
+/// inside a TOML parse error.
 fn check_listen_address(text: &str) -> Result<(), ConfigError> {
     let table: toml::Table = toml::from_str(text).map_err(ConfigError::from_toml)?;
-    let address = table
-        .get("listen")
-        .and_then(|listen| listen.get("address"))
-        .and_then(|address| address.as_str());
-    match address {
-        Some(address) => parse_listen_address(address)
-            .map(|_| ())
-            .map_err(|m| ConfigError::new("listen.address", m)),
-        None => Ok(()),
+    for (section, example_port) in [("listen", 27017), ("metrics", 9216)] {
+        let address = table
+            .get(section)
+            .and_then(|t| t.get("address"))
+            .and_then(|address| address.as_str());
+        if let Some(address) = address {
+            parse_address(address, example_port)
+                .map_err(|m| ConfigError::new(format!("{section}.address"), m))?;
+        }
     }
+    Ok(())
 }
 
 fn default_auth_source() -> String {
@@ -611,6 +619,33 @@ backend_password_env = "DBA_PASSWORD"
         Config::parse(&text)
             .map(|c| c.listen.address)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn metrics_address_is_an_ip_address_or_localhost() {
+        let metrics = |address: &str| {
+            let text = format!("{GOOD}\n[metrics]\naddress = \"{address}\"\n");
+            Config::parse(&text)
+                .map(|c| c.metrics.map(|m| m.address))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            metrics("localhost:9216"),
+            Ok(Some("127.0.0.1:9216".parse().unwrap()))
+        );
+        assert_eq!(
+            metrics("0.0.0.0:9216"),
+            Ok(Some("0.0.0.0:9216".parse().unwrap()))
+        );
+        assert_eq!(
+            metrics("metrics.example.com:9216"),
+            Err(
+                "metrics.address: 'metrics.example.com:9216' is not an IP address and port; \
+                 write one such as 0.0.0.0:9216 or 127.0.0.1:9216 (only localhost is accepted \
+                 as a name)"
+                    .into()
+            )
+        );
     }
 
     #[test]
