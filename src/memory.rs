@@ -8,7 +8,7 @@
 //! a walk of every arena under its lock (about 1 ms for a few thousand
 //! connections' heap, 20 ms for ten thousand), so it runs only after much was
 //! freed (a connection ended, a message of 1 MiB or more was relayed), once
-//! such a burst has settled, and at most once per [`Pacing::min_interval`].
+//! such a burst has settled, and at most once per [`MIN_INTERVAL`].
 //!
 //! The library forbids `unsafe`; the binary, which links the allocator, hands
 //! the call in ([`crate::server::Running::release_freed_memory`]).
@@ -23,52 +23,34 @@ use tokio::time::{timeout, Instant};
 /// Gives freed memory back to the system; `true` when some was.
 pub type Release = fn() -> bool;
 
-/// When a release pass runs.
-#[derive(Debug, Clone, Copy)]
-pub struct Pacing {
-    /// A burst has settled when nothing was freed for this long.
-    pub quiet: Duration,
-    /// Under a steady stream, a pass runs this long after its first.
-    pub max_wait: Duration,
-    /// The least time between two passes.
-    pub min_interval: Duration,
-}
+/// A burst has settled when nothing was freed for this long.
+const QUIET: Duration = Duration::from_millis(100);
+/// Under a steady stream, a pass runs this long after its first.
+const MAX_WAIT: Duration = Duration::from_secs(5);
+/// The least time between two passes.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
-impl Default for Pacing {
-    fn default() -> Pacing {
-        Pacing {
-            quiet: Duration::from_millis(100),
-            max_wait: Duration::from_secs(5),
-            min_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Runs `release` on the blocking pool after `freed` is notified, as
-/// [`Pacing`] says. Each pass's time goes to `duration`.
-pub async fn release_after_frees(
-    freed: Arc<Notify>,
-    release: Release,
-    pacing: Pacing,
-    duration: Histogram,
-) {
+/// Runs `release` on the blocking pool after `freed` is notified, once
+/// the burst settled ([`QUIET`], [`MAX_WAIT`]) and at most once per
+/// [`MIN_INTERVAL`]. Each pass's time goes to `duration`.
+pub async fn release_after_frees(freed: Arc<Notify>, release: Release, duration: Histogram) {
     loop {
         freed.notified().await;
-        settle(&freed, pacing).await;
+        settle(&freed).await;
         let started = Instant::now();
         if tokio::task::spawn_blocking(release).await.is_err() {
             return;
         }
         duration.observe(started.elapsed().as_secs_f64());
-        tokio::time::sleep(pacing.min_interval).await;
+        tokio::time::sleep(MIN_INTERVAL).await;
     }
 }
 
-/// Waits until nothing was freed for `quiet`, or `max_wait` after the first.
-async fn settle(freed: &Notify, pacing: Pacing) {
+/// Waits until nothing was freed for [`QUIET`], or [`MAX_WAIT`] after the first.
+async fn settle(freed: &Notify) {
     let first = Instant::now();
-    while first.elapsed() < pacing.max_wait {
-        if timeout(pacing.quiet, freed.notified()).await.is_err() {
+    while first.elapsed() < MAX_WAIT {
+        if timeout(QUIET, freed.notified()).await.is_err() {
             return;
         }
     }
@@ -92,12 +74,7 @@ mod tests {
 
     fn start(closed: &Arc<Notify>) -> (tokio::task::JoinHandle<()>, Histogram) {
         let h = Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
-        let task = tokio::spawn(release_after_frees(
-            closed.clone(),
-            count_pass,
-            Pacing::default(),
-            h.clone(),
-        ));
+        let task = tokio::spawn(release_after_frees(closed.clone(), count_pass, h.clone()));
         (task, h)
     }
 

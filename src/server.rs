@@ -124,7 +124,6 @@ impl Running {
         let task = crate::memory::release_after_frees(
             self.shared.memory_freed.clone(),
             release,
-            crate::memory::Pacing::default(),
             self.metrics.memory_release_duration.clone(),
         );
         self.background.push(tokio::spawn(task));
