@@ -27,8 +27,6 @@ use crate::runtime::{Runtime, Shared, Stage, CLOSE_GRACE};
 use crate::session::events::{LogSink, OperatorEvent, RateLimit, Sinks};
 use crate::session::Session;
 
-/// After the drain period, how long interrupted sessions get to say so.
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// Refused config: the same words `check` prints (exit code 2).

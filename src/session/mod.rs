@@ -257,6 +257,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Serves the connection until either side closes it; the one exit
     /// emits the session's end.
+    ///
     /// By reference: the caller's future holds the session once (an
     /// `async fn` taking `self` keeps a second copy of it).
     pub async fn run(&mut self) -> CloseReason {
@@ -983,8 +984,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let backend = backend.clone();
         let retryable = req.command.is_some_and(|c| c.is_retryable_write());
         if self.backend.is_none() {
-            // Boxed, as sign-in is in `act`: it runs once per connection.
-            if let Err(error) = Box::pin(self.connect_backend(&backend, rt)).await {
+            if let Err(error) = self.connect_backend(&backend, rt).await {
                 let doc = error.labelled_for(retryable).to_document();
                 return self.send(req.request_id, ReplyKind::Msg, &doc).await;
             }
@@ -1068,8 +1068,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let retryable = command.is_retryable_write();
         if self.backend.is_none() {
-            // Boxed, as sign-in is in `act`: it runs once per connection.
-            if let Err(error) = Box::pin(self.connect_backend(&backend, rt)).await {
+            if let Err(error) = self.connect_backend(&backend, rt).await {
                 let doc = error.labelled_for(retryable).to_document();
                 return self.send(req.request_id, ReplyKind::Msg, &doc).await;
             }
@@ -1236,11 +1235,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         rt: &Runtime,
     ) -> Result<(), MongoError> {
         let started = Instant::now();
-        match rt
-            .backend
-            .connect_for(&backend.user, &backend.password, self.app_name.as_deref())
-            .await
-        {
+        // Boxed, as sign-in is in `act`: it runs once per connection, and
+        // its 2 KiB state would otherwise sit in every session's task.
+        let connect =
+            rt.backend
+                .connect_for(&backend.user, &backend.password, self.app_name.as_deref());
+        match Box::pin(connect).await {
             Ok(connection) => {
                 self.emit(&Event::BackendConnected {
                     seconds: started.elapsed().as_secs_f64(),
