@@ -32,6 +32,9 @@ codes! {
     invalid_bson => 22, "InvalidBSON";
     command_not_found => 59, "CommandNotFound";
     host_unreachable => 6, "HostUnreachable";
+    cursor_not_found => 43, "CursorNotFound";
+    network_timeout => 89, "NetworkTimeout";
+    too_many_logical_sessions => 261, "TooManyLogicalSessions";
     command_not_supported => 115, "CommandNotSupported";
     not_implemented => 238, "NotImplemented";
     mechanism_unavailable => 334, "MechanismUnavailable";
@@ -46,6 +49,8 @@ codes! {
 
 /// The label drivers look for before retrying a write (server 4.4+).
 pub const RETRYABLE_WRITE_ERROR: &str = "RetryableWriteError";
+/// The label that tells drivers to retry a whole transaction.
+pub const TRANSIENT_TRANSACTION_ERROR: &str = "TransientTransactionError";
 
 impl MongoError {
     /// What every token or payload failure looks like to the client: no reason given.
@@ -76,6 +81,15 @@ impl MongoError {
     pub fn labelled_for(mut self, retryable_write: bool) -> MongoError {
         if retryable_write && self.is_retryable_class() {
             self.labels = &[RETRYABLE_WRITE_ERROR];
+        }
+        self
+    }
+
+    /// Adds `TransientTransactionError` to a network-class error of a
+    /// transaction's statement: the driver retries the whole transaction.
+    pub fn labelled_in_transaction(mut self) -> MongoError {
+        if matches!(self.code, 6 | 89) {
+            self.labels = &[TRANSIENT_TRANSACTION_ERROR];
         }
         self
     }

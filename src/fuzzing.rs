@@ -491,7 +491,7 @@ fn check_action(req: &Request<'_>, phase: &Phase, inputs: Inputs, action: &Actio
     let command: Option<&Command<'_>> = req.command.as_ref();
     let name = command.map_or("", |c| c.name);
     match action {
-        Action::Relay => {
+        Action::Relay(_) => {
             assert!(may_relay(phase), "relayed in phase {phase:?}");
             assert_eq!(req.op, Op::Msg, "only OP_MSG is relayed");
         }
@@ -1447,7 +1447,7 @@ impl SessionModel {
         let action = decide::decide(&req, &self.phase, inputs);
         check_action(&req, &self.phase, inputs, &action);
         let going = match action {
-            Action::Relay => {
+            Action::Relay(_) => {
                 assert!(self.user.is_some(), "relayed before a sign-in");
                 assert!(!self.expired, "an expired session relayed");
                 true

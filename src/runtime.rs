@@ -63,6 +63,12 @@ impl Runtime {
             Some(p) if p.config.backend == config.backend => p.backend.clone(),
             _ => Arc::new(Backend::new(&config.backend)?),
         };
+        // Pools of backend users no grant names any more close.
+        backend.retain_users(
+            grants
+                .backend_identities()
+                .map(|b| (b.user.as_str(), b.password.as_str())),
+        );
         crate::fdlimit::ensure_capacity(config.limits.max_connections)?;
         crate::audit::check(config.audit.as_ref())?;
         let admin = config
@@ -138,7 +144,9 @@ impl Runtime {
             old.grant.len()
         ));
         if old.backend != cfg.backend {
-            parts.push("backend changed (open sessions keep their connection)".into());
+            parts.push(
+                "backend changed (new pools; the old ones close as their commands end)".into(),
+            );
         }
         if old.limits != cfg.limits {
             parts.push("limits changed".into());
@@ -212,6 +220,9 @@ pub struct Shared {
     /// Notified when much memory was just freed: a connection ended, or a
     /// message of 1 MiB or more was relayed ([`crate::memory`]).
     pub memory_freed: Arc<tokio::sync::Notify>,
+    /// Who owns which backend cursors and logical sessions: process-wide,
+    /// as the backend's are, so it outlives reloads.
+    pub ownership: Arc<crate::backend::ownership::Ownership>,
     next_connection_id: AtomicI32,
 }
 
@@ -228,6 +239,7 @@ impl Shared {
             admission: crate::admission::Table::default(),
             failpoints: std::sync::Mutex::new(FailPoints::default()),
             memory_freed: Arc::default(),
+            ownership: Arc::default(),
             next_connection_id: AtomicI32::new(1),
         }
     }

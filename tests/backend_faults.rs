@@ -147,8 +147,9 @@ async fn a_slow_backend_session_of_one_grant_does_not_slow_another_grant() {
     ));
 
     // The readers' sessions: SecantusDB holds every find they send for 5 s
-    // (failCommand with blockConnection, scoped to their application name),
-    // as a long-running query would.
+    // (failCommand with blockConnection, scoped to the application name of
+    // the readers' pool, which names its backend user), as a long-running
+    // query would.
     let operator = mongodb::Client::with_uri_str(format!(
         "mongodb://{}:{}@127.0.0.1:{}/?directConnection=true&authSource=admin",
         OPERATOR.0, OPERATOR.1, backend.port
@@ -164,7 +165,7 @@ async fn a_slow_backend_session_of_one_grant_does_not_slow_another_grant() {
                 "failCommands": ["find"],
                 "blockConnection": true,
                 "blockTimeMS": 5_000,
-                "appName": "slow-grant",
+                "appName": format!("mongo-oidc-proxy:{}", READER.0),
             },
         })
         .await

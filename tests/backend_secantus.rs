@@ -146,6 +146,7 @@ fn config(uri: String, auth_source: &str) -> BackendConfig {
         uri,
         auth_source: auth_source.into(),
         connect_timeout_ms: 5_000,
+        pool: Default::default(),
     }
 }
 

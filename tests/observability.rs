@@ -131,7 +131,7 @@ fn promtool_accepts_the_rules() {
         text(&out.stderr)
     );
     assert!(
-        text(&out.stdout).contains("SUCCESS: 9 rules found"),
+        text(&out.stdout).contains("SUCCESS: 10 rules found"),
         "{}",
         text(&out.stdout)
     );
@@ -141,7 +141,7 @@ fn promtool_accepts_the_rules() {
 fn every_alert_says_what_to_do_and_operations_md_has_its_section() {
     let docs = std::fs::read_to_string(repo().join(OPERATIONS)).expect("read operations.md");
     let alerts = alerts();
-    assert_eq!(alerts.len(), 9);
+    assert_eq!(alerts.len(), 10);
     for a in &alerts {
         let name = a["alert"].as_str().expect("an alerting rule");
         assert!(name.starts_with("MongoOidcProxy"), "{name}");
@@ -185,6 +185,19 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     vec![
+        Case {
+            alert: "MongoOidcProxyBackendCheckoutFailures",
+            series: &[
+                ("mongo_oidc_proxy_backend_pool_checkout_failures_total{instance=\"p1:9216\",job=\"mongo-oidc-proxy\",reason=\"timeout\"}", "0+3x10 30x30"),
+                // One failure at 6m: pending, never firing.
+                ("mongo_oidc_proxy_backend_pool_checkout_failures_total{instance=\"p1:9216\",job=\"mongo-oidc-proxy\",reason=\"max_waiters\"}", "0x5 1x35"),
+                ("mongo_oidc_proxy_backend_pool_checkout_failures_total{instance=\"p1:9216\",job=\"mongo-oidc-proxy\",reason=\"connect\"}", "0x40"),
+            ],
+            quiet_at: "3m",
+            firing_at: "8m",
+            labels: &[&[("severity", "page"), ("instance", "p1:9216"), ("job", "mongo-oidc-proxy"), ("reason", "timeout")]],
+            cleared_at: Some("25m"),
+        },
         Case {
             alert: "MongoOidcProxyNotReady",
             series: &[(

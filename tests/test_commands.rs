@@ -574,7 +574,7 @@ async fn get_parameter_answers_the_proxys_own_parameters() {
 }
 
 #[tokio::test]
-async fn backend_connections_name_the_proxy_and_the_clients_application() {
+async fn pooled_backend_connections_name_the_proxy_and_their_backend_user() {
     let secantus = privileged_backend().await;
     let env = ProxyEnv::start_full(&secantus.uri, "", &extra(false, OPS)).await;
     let mut alice = writer(&env, Some("inventory-service")).await;
@@ -585,6 +585,7 @@ async fn backend_connections_name_the_proxy_and_the_clients_application() {
             uri: secantus.uri.clone(),
             auth_source: "admin".into(),
             connect_timeout_ms: 5000,
+            pool: Default::default(),
         })
         .expect("backend config");
     let mut direct = backend
@@ -607,9 +608,14 @@ async fn backend_connections_name_the_proxy_and_the_clients_application() {
         .find(|m| {
             m.get_document("application")
                 .and_then(|a| a.get_str("name"))
-                .is_ok_and(|n| n == "inventory-service")
+                .is_ok_and(|n| n == format!("mongo-oidc-proxy:{}", proxy_env::WRITER.0))
         })
-        .unwrap_or_else(|| panic!("no backend connection names the application: {metadata:?}"));
+        .unwrap_or_else(|| panic!("no backend connection names its pool's user: {metadata:?}"));
+    // A pooled connection serves many clients: none is named for one of them.
+    assert!(
+        !format!("{metadata:?}").contains("inventory-service"),
+        "{metadata:?}"
+    );
     assert_eq!(
         session.get_document("driver").unwrap(),
         &bson::doc! { "name": "mongo-oidc-proxy", "version": env!("CARGO_PKG_VERSION") }

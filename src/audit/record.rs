@@ -150,6 +150,9 @@ pub fn is_audited(event: &Event<'_>, commands: bool) -> bool {
         | Event::WireError { .. }
         | Event::Backend { .. }
         | Event::BackendConnected { .. }
+        | Event::Leased { .. }
+        | Event::ClientIo { .. }
+        | Event::LeaseFailed { .. }
         | Event::AuthStep { .. }
         | Event::LimitHit { .. }
         | Event::FailPointSet { .. }

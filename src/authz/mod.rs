@@ -91,6 +91,11 @@ impl Grants {
         self.rules.is_empty()
     }
 
+    /// Every backend identity a grant names.
+    pub fn backend_identities(&self) -> impl Iterator<Item = &BackendIdentity> {
+        self.rules.iter().map(|g| g.backend.as_ref())
+    }
+
     /// The first grant naming the caller whose conditions hold.
     pub fn decide(&self, identity: &Identity, peer: IpAddr, now: SystemTime) -> Decision {
         let names = |s: &Subject| match s {

@@ -258,17 +258,21 @@ impl BackendConnection {
         client: &mut W,
         writing: &mut bool,
     ) -> Result<ForwardedReply, ForwardError> {
-        self.forward_reply_inspecting(client, writing, false).await
+        self.forward_reply_inspecting(client, writing, false, None)
+            .await
     }
 
     /// [`BackendConnection::forward_reply`], also reading the reply's status
     /// when `inspect` is set — from the bytes already buffered only, so the
-    /// relay never waits for or holds more of a reply than it would anyway.
+    /// relay never waits for or holds more of a reply than it would anyway —
+    /// and showing every byte passed on to `scanner` (which keeps only what
+    /// it needs of them).
     pub async fn forward_reply_inspecting<W: AsyncWrite + Unpin>(
         &mut self,
         client: &mut W,
         writing: &mut bool,
         inspect: bool,
+        mut scanner: Option<&mut wire::reply_scan::ReplyScanner>,
     ) -> Result<ForwardedReply, ForwardError> {
         let header = loop {
             if let Some(head) = self.read_buf.get(..wire::HEADER_LEN) {
@@ -310,8 +314,12 @@ impl BackendConnection {
         loop {
             let take = self.read_buf.len().min(remaining);
             if take > 0 {
+                let chunk = self.read_buf.get(..take).unwrap_or_default();
+                if let Some(s) = scanner.as_deref_mut() {
+                    s.feed(chunk);
+                }
                 client
-                    .write_all(self.read_buf.get(..take).unwrap_or_default())
+                    .write_all(chunk)
                     .await
                     .map_err(ForwardError::Client)?;
                 bytes::Buf::advance(&mut self.read_buf, take);
@@ -885,7 +893,7 @@ mod tests {
         let mut conn = connect_to(addr).await;
         let mut out = Vec::new();
         let r = conn
-            .forward_reply_inspecting(&mut out, &mut false, true)
+            .forward_reply_inspecting(&mut out, &mut false, true, None)
             .await
             .unwrap();
         let want = wire::op_msg::ReplyStatus {

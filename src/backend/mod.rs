@@ -13,7 +13,10 @@ pub mod connection;
 pub mod info;
 #[cfg(test)]
 mod mock;
+pub mod ownership;
+pub mod pool;
 pub mod scram;
+pub mod upstream;
 pub mod uri;
 
 use std::io;
@@ -31,7 +34,9 @@ use crate::wire::WireError;
 
 pub use connection::{BackendConnection, BackendStream, ForwardError, ForwardedReply};
 pub use info::{Hello, Limits, ServerInfo};
+pub use pool::Purpose;
 pub use scram::{SaltedPasswordCache, ScramError};
+pub use upstream::{Lease, LeaseError, Target};
 pub use uri::{BackendSettings, HostPort, TlsOptions, UriError};
 
 /// mongod's code for an unknown command (used to fall back from `hello` to `isMaster`).
@@ -175,6 +180,8 @@ pub struct Backend {
     discovered: tokio::sync::Mutex<Option<Arc<Discovered>>>,
     /// Shared with the blocking PBKDF2 task, hence the Arc.
     scram_cache: Arc<SaltedPasswordCache>,
+    /// The pooled connections, per host and backend user.
+    pools: upstream::Pools,
 }
 
 impl Backend {
@@ -209,6 +216,7 @@ impl Backend {
             tls,
             discovered: tokio::sync::Mutex::new(None),
             scram_cache: Arc::new(SaltedPasswordCache::new()),
+            pools: upstream::Pools::new(pool::PoolSettings::from(&config.pool)),
         })
     }
 
@@ -306,15 +314,19 @@ impl Backend {
             match self.open_authenticated(&d, user, password, app_name).await {
                 Err(e) if !retried && e.is_topology() => {
                     tracing::info!(error = %e, "backend primary unreachable; rediscovering");
-                    let mut guard = self.discovered.lock().await;
-                    // Only drop the entry we used; another task may have refreshed it.
-                    if guard.as_ref().is_some_and(|g| Arc::ptr_eq(g, &d)) {
-                        *guard = None;
-                    }
+                    self.forget(&d).await;
                     retried = true;
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// Drops the discovery `d` unless another task already replaced it.
+    async fn forget(&self, d: &Arc<Discovered>) {
+        let mut guard = self.discovered.lock().await;
+        if guard.as_ref().is_some_and(|g| Arc::ptr_eq(g, d)) {
+            *guard = None;
         }
     }
 
@@ -616,6 +628,7 @@ mod tests {
             uri: uri.into(),
             auth_source: "admin".into(),
             connect_timeout_ms: 300,
+            pool: Default::default(),
         }
     }
 

@@ -85,6 +85,50 @@ pub struct BackendConfig {
     pub auth_source: String,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// `[backend.pool]`: the pooled backend connections.
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+/// `[backend.pool]`: one pool per backend host and backend user, with
+/// mongos-like defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Connections (in use and idle) per host and backend user.
+    pub max_size: usize,
+    /// Connections kept open even when idle.
+    pub min_size: usize,
+    /// New connections being opened at once per pool.
+    pub max_connecting: usize,
+    /// An idle connection is closed after this long (under the 300 s after
+    /// which mongod-compatible servers close idle connections themselves).
+    pub idle_timeout_secs: u64,
+    /// How long a request may wait for a connection.
+    pub checkout_timeout_ms: u64,
+    /// Requests that may wait for a connection at once; `None`: 10 × `max_size`.
+    pub max_waiters: Option<usize>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_size: 100,
+            min_size: 0,
+            max_connecting: 2,
+            idle_timeout_secs: 240,
+            checkout_timeout_ms: 5_000,
+            max_waiters: None,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// `max_waiters`, or its default of ten per connection.
+    pub fn waiters(&self) -> usize {
+        self.max_waiters
+            .unwrap_or_else(|| self.max_size.saturating_mul(10))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
@@ -573,6 +617,25 @@ backend_password_env = "DBA_PASSWORD"
     }
 
     #[test]
+    fn the_pool_has_mongos_like_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        let p = &c.backend.pool;
+        assert_eq!(
+            (
+                p.max_size,
+                p.min_size,
+                p.max_connecting,
+                p.idle_timeout_secs,
+                p.checkout_timeout_ms
+            ),
+            (100, 0, 2, 240, 5000)
+        );
+        assert_eq!(p.waiters(), 1000);
+        let c = Config::parse(&format!("{GOOD}\n[backend.pool]\nmax_size = 7\n")).unwrap();
+        assert_eq!(c.backend.pool.waiters(), 70);
+    }
+
+    #[test]
     fn refuses_bad_values_naming_the_field() {
         type Edit = Box<dyn Fn(&str) -> String>;
         let cases: Vec<(Edit, &str)> = vec![
@@ -587,6 +650,14 @@ backend_password_env = "DBA_PASSWORD"
             (Box::new(|s| format!("{s}\n[limits]\nmax_pending_human_flows_per_ip = 0\n")), "limits.max_pending_human_flows_per_ip: must be at least 1"),
             (Box::new(|s| format!("{s}\n[limits]\nmax_sign_in_failures_per_connection = 0\n")), "limits.max_sign_in_failures_per_connection: must be at least 1"),
             (Box::new(|s| format!("{s}\n[shutdown]\ndrain_secs = 3601\n")), "shutdown.drain_secs: must be at most 3600 (one hour)"),
+            (Box::new(|s| format!("{s}\n[backend.pool]\nmax_size = 0\n")), "backend.pool.max_size: must be between 1 and 10000"),
+            (Box::new(|s| format!("{s}\n[backend.pool]\nmax_size = 10001\n")), "backend.pool.max_size: must be between 1 and 10000"),
+            (Box::new(|s| format!("{s}\n[backend.pool]\nmax_size = 5\nmin_size = 6\n")), "backend.pool.min_size: must not exceed backend.pool.max_size (5)"),
+            (Box::new(|s| format!("{s}\n[backend.pool]\nmax_connecting = 0\n")), "backend.pool.max_connecting: must be at least 1"),
+            (Box::new(|s| format!("{s}\n[backend.pool]\nidle_timeout_secs = 0\n")), "backend.pool.idle_timeout_secs: must be between 1 and 299: backends close connections idle for 300 s"),
+            (Box::new(|s| format!("{s}\n[backend.pool]\nidle_timeout_secs = 300\n")), "backend.pool.idle_timeout_secs: must be between 1 and 299: backends close connections idle for 300 s"),
+            (Box::new(|s| format!("{s}\n[backend.pool]\ncheckout_timeout_ms = 0\n")), "backend.pool.checkout_timeout_ms: must be at least 1"),
+            (Box::new(|s| format!("{s}\n[backend.pool]\nmax_waiters = 0\n")), "backend.pool.max_waiters: must be at least 1 (or left out: ten per connection of max_size)"),
             (Box::new(|s| s.replace("tls_key = \"certs/server.key\"", "tls_key = \"certs/server.key\"\nclient_cert_mode = \"required\"")), "listen.client_cert_mode: needs listen.client_ca, the CA that signs client certificates"),
             (Box::new(|s| s[..s.find("[[identity_provider]]").unwrap()].to_string() + &s[s.find("[[grant]]").unwrap()..]), "identity_provider: configure at least one [[identity_provider]]; without one nobody can sign in"),
             (Box::new(|s| s[..s.find("[[grant]]").unwrap()].to_string()), "grant: configure at least one [[grant]]; without one every session is refused"),

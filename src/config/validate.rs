@@ -6,7 +6,9 @@
 //! file-descriptor limit) is refused by that module's constructor, which
 //! start-up and `check` both call.
 
-use super::{AdminConfig, Config, GrantConfig, TestingConfig, DEFAULT_MAX_MESSAGE_SIZE};
+use super::{
+    AdminConfig, Config, GrantConfig, PoolConfig, TestingConfig, DEFAULT_MAX_MESSAGE_SIZE,
+};
 
 /// A config problem: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +37,53 @@ const MAX_DRAIN_SECS: u64 = 3600;
 /// A hello with a speculative sign-in carrying a large token needs this.
 const MIN_MESSAGE_SIZE_BEFORE_SIGN_IN: usize = 16 * 1024;
 
+/// mongod-compatible servers close connections idle for 300 s; a pool
+/// keeping them longer would hand out dead ones.
+const MAX_POOL_IDLE_SECS: u64 = 299;
+const MAX_POOL_SIZE: usize = 10_000;
+
+fn validate_pool(pool: &PoolConfig) -> Result<(), ConfigError> {
+    if !(1..=MAX_POOL_SIZE).contains(&pool.max_size) {
+        return Err(ConfigError::new(
+            "backend.pool.max_size",
+            format!("must be between 1 and {MAX_POOL_SIZE}"),
+        ));
+    }
+    if pool.min_size > pool.max_size {
+        return Err(ConfigError::new(
+            "backend.pool.min_size",
+            format!("must not exceed backend.pool.max_size ({})", pool.max_size),
+        ));
+    }
+    if pool.max_connecting == 0 {
+        return Err(ConfigError::new(
+            "backend.pool.max_connecting",
+            "must be at least 1",
+        ));
+    }
+    if !(1..=MAX_POOL_IDLE_SECS).contains(&pool.idle_timeout_secs) {
+        return Err(ConfigError::new(
+            "backend.pool.idle_timeout_secs",
+            format!(
+                "must be between 1 and {MAX_POOL_IDLE_SECS}: backends close connections idle for 300 s"
+            ),
+        ));
+    }
+    if pool.checkout_timeout_ms == 0 {
+        return Err(ConfigError::new(
+            "backend.pool.checkout_timeout_ms",
+            "must be at least 1",
+        ));
+    }
+    if pool.max_waiters == Some(0) {
+        return Err(ConfigError::new(
+            "backend.pool.max_waiters",
+            "must be at least 1 (or left out: ten per connection of max_size)",
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     let listen = &config.listen;
     if listen.client_cert_mode.is_some() && listen.client_ca.is_none() {
@@ -55,6 +104,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be at least 1",
         ));
     }
+    validate_pool(&config.backend.pool)?;
     let limits = &config.limits;
     if !(MIN_MESSAGE_SIZE..=DEFAULT_MAX_MESSAGE_SIZE).contains(&limits.max_message_size) {
         return Err(ConfigError::new(

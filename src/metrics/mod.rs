@@ -112,6 +112,8 @@ pub struct Metrics {
     /// Resolved once: the relay path touches only these atomics.
     pub relay: RelayCounters,
     pub backend_connect_duration: Histogram,
+    /// Time a command waited for a pooled backend connection.
+    pub backend_pool_checkout_wait: Histogram,
     /// Passes handing freed memory back to the system ([`crate::memory`]).
     pub memory_release_duration: Histogram,
     /// Admin requests by endpoint and result, every pair created up front.
@@ -462,6 +464,12 @@ impl Metrics {
                 "Time to connect and sign in to the backend.",
                 seconds.clone(),
             ),
+            backend_pool_checkout_wait: histogram(
+                &r,
+                "backend_pool_checkout_wait_seconds",
+                "Time a command waited for a pooled backend connection (an idle one, or a new one opened and signed in).",
+                seconds.clone(),
+            ),
             memory_release_duration: histogram(
                 &r,
                 "memory_release_duration_seconds",
@@ -639,6 +647,12 @@ impl Sink for MetricsSink {
             Event::WireError { kind, .. } => m.wire_errors.inc(kind),
             Event::Backend { stage, .. } => m.count_backend_error(*stage),
             Event::BackendConnected { seconds } => m.backend_connect_duration.observe(*seconds),
+            Event::Leased { seconds } => m.backend_pool_checkout_wait.observe(*seconds),
+            // Opening a pooled connection failed; timeouts are the pool's own count.
+            Event::LeaseFailed {
+                error: crate::backend::LeaseError::Backend(_),
+            } => m.count_backend_error(BackendStage::Connect),
+            Event::LeaseFailed { .. } => {}
             Event::AuthStep { seconds } => m.auth_duration.observe(*seconds),
             Event::Relayed {
                 to_backend,
@@ -653,7 +667,10 @@ impl Sink for MetricsSink {
             }
             Event::SessionEnded { reason, .. } => m.count_closed(*reason),
             Event::LimitHit { limit } => m.count_limit(*limit),
-            Event::Refused { .. } | Event::FailPointSet { .. } | Event::FailPointFired { .. } => {}
+            Event::Refused { .. }
+            | Event::ClientIo { .. }
+            | Event::FailPointSet { .. }
+            | Event::FailPointFired { .. } => {}
         }
     }
 

@@ -37,10 +37,12 @@ pub enum Refused {
     NotAdmin,
     /// Failed on purpose by the `failCommand` fail point.
     FailPoint,
+    /// Named a cursor or logical session of another principal.
+    Ownership,
 }
 
 impl Refused {
-    pub const ALL: [Refused; 10] = [
+    pub const ALL: [Refused; 11] = [
         Refused::Unauthenticated,
         Refused::NoGrant,
         Refused::ReauthenticationRequired,
@@ -51,6 +53,7 @@ impl Refused {
         Refused::Draining,
         Refused::NotAdmin,
         Refused::FailPoint,
+        Refused::Ownership,
     ];
 
     pub fn label(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Refused {
             Refused::Draining => "refused_draining",
             Refused::NotAdmin => "refused_not_admin",
             Refused::FailPoint => "fail_point",
+            Refused::Ownership => "refused_not_owner",
         }
     }
 }
@@ -96,7 +100,7 @@ pub enum Action {
         reason: Refused,
     },
     /// Forward to the backend as the session's backend identity.
-    Relay,
+    Relay(Affinity),
     /// An administrative command the proxy runs itself (admin grants only).
     Admin(AdminCommand),
     /// `configureFailPoint`, for an admin session with test commands on.
@@ -107,6 +111,32 @@ pub enum Action {
     FailPoint(bson::RawDocumentBuf),
     /// Nothing can be answered: close the connection.
     Close(CloseReason),
+}
+
+/// What a relayed request needs beyond any pooled connection: the
+/// server-side state it continues lives on one host, and an exhaust stream
+/// holds its connection until the last reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    None,
+    /// `getMore` or `killCursors`: the cursor's host, and its owner.
+    Cursor,
+    /// A statement, commit or abort of a transaction: its host.
+    Transaction,
+    /// A `getMore` allowed to stream (exhaustAllowed): the connection is
+    /// held until the stream ends.
+    Exhaust,
+}
+
+/// The affinity of one request, from its command alone.
+pub fn affinity(command: &Command<'_>, exhaust_allowed: bool) -> Affinity {
+    match command.name {
+        "getMore" if exhaust_allowed => Affinity::Exhaust,
+        "getMore" | "killCursors" => Affinity::Cursor,
+        "commitTransaction" | "abortTransaction" => Affinity::Transaction,
+        _ if command.autocommit == Some(false) => Affinity::Transaction,
+        _ => Affinity::None,
+    }
 }
 
 /// The handshake command names, matched case-insensitively as drivers vary.
@@ -138,7 +168,7 @@ pub fn decide(req: &Request<'_>, phase: &Phase, inputs: Inputs) -> Action {
         "endSessions" if phase.is_anonymous() => Action::Local(Local::EndSessions),
         "configureFailPoint" => configure_fail_point(command, phase, inputs),
         "getParameter" => match authorised_relay(command, phase) {
-            Action::Relay => Action::GetParameter,
+            Action::Relay(_) => Action::GetParameter,
             refused => refused,
         },
         "authenticate" => refuse(
@@ -154,7 +184,10 @@ pub fn decide(req: &Request<'_>, phase: &Phase, inputs: Inputs) -> Action {
             Refused::Unsupported,
         ),
         name if admin::is_admin_command(name) => admin_command(command, phase),
-        _ => authorised_relay(command, phase),
+        _ => match authorised_relay(command, phase) {
+            Action::Relay(_) => Action::Relay(affinity(command, req.exhaust_allowed)),
+            other => other,
+        },
     }
 }
 
@@ -241,7 +274,7 @@ fn authorised_relay(command: &Command<'_>, phase: &Phase) -> Action {
         );
     }
     match session.access {
-        Access::Granted { .. } => Action::Relay,
+        Access::Granted { .. } => Action::Relay(Affinity::None),
         Access::Refused => refuse(
             MongoError::unauthorized(format!(
                 "not authorized to execute command {name}: no grant of this proxy names user '{}' or its roles; ask the proxy's operator for a [[grant]]",
@@ -281,10 +314,10 @@ fn configure_fail_point(command: &Command<'_>, phase: &Phase, inputs: Inputs) ->
         );
     }
     match authorised_relay(command, phase) {
-        Action::Relay if phase.signed_in().is_some_and(|s| s.access.is_admin()) => {
+        Action::Relay(_) if phase.signed_in().is_some_and(|s| s.access.is_admin()) => {
             Action::ConfigureFailPoint
         }
-        Action::Relay => refuse(
+        Action::Relay(_) => refuse(
             MongoError::unauthorized(
                 "not authorized on admin to execute command configureFailPoint: the grant that \
                  signed this session in does not have admin = true",
@@ -613,7 +646,7 @@ mod tests {
             assert_eq!(what, w);
             let action = decide_doc(find(), &phase);
             match expected {
-                None => assert_eq!(action, Action::Relay, "{what}"),
+                None => assert_eq!(action, Action::Relay(Affinity::None), "{what}"),
                 Some(r) => assert_eq!(refusal(&action), Some(r), "{what}"),
             }
         }
@@ -762,7 +795,7 @@ mod tests {
         // Names are case-sensitive, as on mongod: anything else is relayed.
         assert_eq!(
             decide_doc(rawdoc! { "oidclistkeys": 1, "$db": "admin" }, &admin),
-            Action::Relay
+            Action::Relay(Affinity::None)
         );
     }
 
@@ -877,7 +910,7 @@ mod tests {
         );
         assert_eq!(
             decide_doc(end(), &signed_in(granted(), None)),
-            Action::Relay
+            Action::Relay(Affinity::None)
         );
     }
 
@@ -891,7 +924,10 @@ mod tests {
             },
             previous: Some(Box::new(previous)),
         };
-        assert_eq!(decide_doc(rawdoc! { "find": "c" }, &phase), Action::Relay);
+        assert_eq!(
+            decide_doc(rawdoc! { "find": "c" }, &phase),
+            Action::Relay(Affinity::None)
+        );
         assert_eq!(
             decide_doc(rawdoc! { "hello": 1 }, &phase),
             Action::Hello { speculative: false }
@@ -911,7 +947,10 @@ mod tests {
         }
         let phase = signed_in(granted(), None);
         let insert = op_msg(rawdoc! { "insert": "c", "documents": [], "$db": "app" });
-        assert_eq!(decide_bytes(&insert, &phase, DRAINING), Action::Relay);
+        assert_eq!(
+            decide_bytes(&insert, &phase, DRAINING),
+            Action::Relay(Affinity::None)
+        );
         assert_eq!(
             decide_bytes(&op_msg(rawdoc! { "ping": 1 }), &phase, DRAINING),
             Action::Local(Local::Ping)
@@ -1040,5 +1079,53 @@ mod tests {
                 .code,
             5626701
         );
+    }
+
+    #[test]
+    fn each_relayed_request_gets_the_affinity_its_server_state_needs() {
+        let phase = signed_in(granted(), None);
+        let lsid = rawdoc! { "id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![1; 16] } };
+        let cases = [
+            (rawdoc! { "find": "c", "$db": "app" }, 0, Affinity::None),
+            (
+                rawdoc! { "getMore": 5_i64, "collection": "c", "$db": "app" },
+                0,
+                Affinity::Cursor,
+            ),
+            (
+                rawdoc! { "getMore": 5_i64, "collection": "c", "$db": "app" },
+                crate::wire::OpMsgFlags::EXHAUST_ALLOWED,
+                Affinity::Exhaust,
+            ),
+            (
+                rawdoc! { "killCursors": "c", "cursors": [5_i64], "$db": "app" },
+                0,
+                Affinity::Cursor,
+            ),
+            (
+                rawdoc! { "insert": "c", "documents": [], "lsid": lsid.clone(), "txnNumber": 1_i64, "autocommit": false, "startTransaction": true, "$db": "app" },
+                0,
+                Affinity::Transaction,
+            ),
+            (
+                rawdoc! { "commitTransaction": 1, "lsid": lsid.clone(), "txnNumber": 1_i64, "autocommit": false, "$db": "admin" },
+                0,
+                Affinity::Transaction,
+            ),
+            // A retryable write outside a transaction needs no pin.
+            (
+                rawdoc! { "insert": "c", "documents": [], "lsid": lsid, "txnNumber": 2_i64, "$db": "app" },
+                0,
+                Affinity::None,
+            ),
+        ];
+        for (doc, flags, want) in cases {
+            let bytes = crate::wire::op_msg::encode(1, 0, flags, &doc);
+            assert_eq!(
+                decide_bytes(&bytes, &phase, SERVING),
+                Action::Relay(want),
+                "{doc:?}"
+            );
+        }
     }
 }

@@ -15,7 +15,7 @@ fn unix_secs() -> u64 {
 }
 
 use crate::auth::AuthFailure;
-use crate::backend::BackendError;
+use crate::backend::{BackendError, LeaseError};
 use crate::wire::op_msg::ReplyStatus;
 
 use super::decide::Refused;
@@ -140,6 +140,12 @@ pub enum Event<'a> {
     },
     /// Time to open and sign in a backend connection.
     BackendConnected { seconds: f64 },
+    /// Writing a reply to the client failed during a relay.
+    ClientIo { error: &'a std::io::Error },
+    /// A backend connection was leased after waiting this long.
+    Leased { seconds: f64 },
+    /// No backend connection could be leased.
+    LeaseFailed { error: &'a LeaseError },
     /// Time a SASL step took, including any JWKS fetch.
     AuthStep { seconds: f64 },
     Relayed {
@@ -436,7 +442,16 @@ impl Sink for LogSink {
             } => {
                 tracing::info!(conn = conn_id, command = %command, app = ?app_name, effect, "Activating 'failCommand' failpoint")
             }
-            Event::BackendConnected { .. } | Event::AuthStep { .. } | Event::Relayed { .. } => {}
+            Event::ClientIo { error } => {
+                tracing::debug!(conn = conn_id, error = %error, "client connection failed during a relay")
+            }
+            Event::LeaseFailed { error } => {
+                tracing::warn!(conn = conn_id, error = %error, "no backend connection for a command")
+            }
+            Event::BackendConnected { .. }
+            | Event::Leased { .. }
+            | Event::AuthStep { .. }
+            | Event::Relayed { .. } => {}
         }
     }
 

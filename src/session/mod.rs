@@ -30,6 +30,7 @@ pub mod phase;
 pub mod registry;
 mod relay;
 mod setup_user;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,8 +43,7 @@ use tokio::sync::watch;
 
 use crate::auth::oidc::{self, PayloadEncoding, StepOutcome};
 use crate::auth::{AuthFailure, Identity};
-use crate::authz::BackendIdentity;
-use crate::backend::{BackendConnection, BackendError, ForwardError};
+use crate::backend::BackendError;
 use crate::errors::MongoError;
 use crate::runtime::{Runtime, Shared, Stage};
 use crate::wire::{self, DecodeError, Frame, Op, OpCode, Request};
@@ -187,12 +187,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
-/// The session's backend connection, opened on the first relayed command.
-struct BackendLink {
-    user: String,
-    connection: BackendConnection,
-}
-
 /// One client connection.
 pub struct Session<S> {
     client: Client<S>,
@@ -209,7 +203,8 @@ pub struct Session<S> {
     shared: Arc<Shared>,
     stage: watch::Receiver<Stage>,
     phase: Phase,
-    backend: Option<BackendLink>,
+    /// The cursors and logical sessions this connection holds on the backend.
+    held: upstream::Held,
     counts: Counts,
     /// This session in the operator's list, and its close request.
     listed: registry::SessionHandle,
@@ -243,7 +238,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             stage: shared.stage.clone(),
             shared,
             phase: Phase::Anonymous,
-            backend: None,
+            held: upstream::Held::default(),
             counts: Counts::default(),
             listed,
             app_name: None,
@@ -268,6 +263,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             () = closed_for_good(&mut stage) => CloseReason::Shutdown,
         };
         self.leave_human_window();
+        self.release_held();
         self.emit(&Event::SessionEnded {
             reason,
             counts: self.counts,
@@ -358,7 +354,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             })
         };
         let client = &mut self.client;
-        let backend = self.backend.as_mut().map(|b| &mut b.connection);
         let read = async move {
             // read_frame keeps all its state in the buffer, so it can be
             // dropped and started again after the release.
@@ -371,9 +366,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Some(r) => r,
                 None => {
                     client.release_idle();
-                    if let Some(b) = backend {
-                        b.release_idle();
-                    }
                     wire::read_frame(&mut client.stream, &mut client.read_buf, max).await
                 }
             }
@@ -547,7 +539,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Result<(), CloseReason> {
         let name = req.command.map_or("", |c| c.name);
         let disposition = match &action {
-            Action::Relay | Action::GetParameter => Disposition::Relayed,
+            Action::Relay(_) | Action::GetParameter => Disposition::Relayed,
             Action::Refuse { reason, .. } => Disposition::Refused(*reason),
             Action::FailPoint(_) | Action::Close(CloseReason::FailPoint) => {
                 Disposition::Refused(Refused::FailPoint)
@@ -566,16 +558,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 return Err(reason);
             }
-            Action::Relay => {
+            Action::Relay(affinity) => {
                 let wants_wce = rt.test_commands
                     && req.command.is_some_and(|c| {
                         self.failpoints()
                             .wants_write_concern_error(c.name, self.app_name.as_deref())
                     });
-                if wants_wce {
-                    return self.relay_rewritten(req, rt, Rewrite::WriteConcern).await;
-                }
-                return self.relay(req, rt).await;
+                let rewrite = wants_wce.then_some(Rewrite::WriteConcern);
+                return self.relay(req, rt, affinity, rewrite).await;
             }
             Action::GetParameter => {
                 let Some(command) = req.command else {
@@ -585,7 +575,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     commands::ParameterPlan::Local(doc) => doc,
                     commands::ParameterPlan::Relay { all, show_details } => {
                         let rewrite = Rewrite::Parameters { all, show_details };
-                        return self.relay_rewritten(req, rt, rewrite).await;
+                        return self
+                            .relay(req, rt, decide::Affinity::None, Some(rewrite))
+                            .await;
                     }
                 }
             }
@@ -952,14 +944,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Err(e);
             }
         };
-        // Keep the backend connection when the backend user stays the same.
-        let keep = match (&session.access, &self.backend) {
-            (Access::Granted { backend, .. }, Some(link)) => link.user == backend.user,
-            _ => false,
-        };
-        if !keep {
-            self.backend = None;
-        }
+        self.hold_as(&session);
         let issuer = rt
             .registry
             .describe(session.identity.idp)
@@ -974,180 +959,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
-    /// Relays a command as the session's backend identity; a drain that
-    /// ends meanwhile interrupts it with 11600 if no reply byte was sent yet.
-    async fn relay(&mut self, req: &Request<'_>, rt: &Runtime) -> Result<(), CloseReason> {
-        let Some(Access::Granted { backend, .. }) = self.phase.signed_in().map(|s| &s.access)
-        else {
-            return Err(CloseReason::MalformedMessage);
-        };
-        let backend = backend.clone();
-        let retryable = req.command.is_some_and(|c| c.is_retryable_write());
-        if self.backend.is_none() {
-            if let Err(error) = self.connect_backend(&backend, rt).await {
-                let doc = error.labelled_for(retryable).to_document();
-                return self.send(req.request_id, ReplyKind::Msg, &doc).await;
-            }
-        }
-        let Some(link) = self.backend.as_mut() else {
-            return Err(CloseReason::BackendClosed);
-        };
-        let mut progress = relay::Progress::default();
-        // Only the audit trail's command records want the reply's status.
-        let inspect = rt.config.audit.as_ref().is_some_and(|a| a.commands);
-        let started = Instant::now();
-        let mut by_operator = false;
-        let outcome = tokio::select! {
-            r = relay::relay(&mut self.client.stream, &mut link.connection, req.bytes, req.more_to_come, inspect, &mut progress) => Some(r),
-            _ = closing(&mut self.stage) => None,
-            _ = self.listed.closed() => { by_operator = true; None }
-        };
-        self.counts.bytes_to_client += progress.to_client;
-        self.listed.count_out(progress.to_client);
-        self.emit(&Event::Relayed {
-            to_backend: req.bytes.len() as u64,
-            to_client: progress.to_client,
-            replies: progress.replies,
-            command: req.command.map_or("", |c| c.name),
-            db: req.command.and_then(|c| c.db),
-            collection: req.command.and_then(|c| c.target),
-            status: progress.status,
-            duration: started.elapsed(),
-        });
-        if req.bytes.len() as u64 + progress.to_client >= wire::frame::OWN_MAPPING as u64 {
-            self.shared.memory_freed.notify_one();
-        }
-        if by_operator {
-            // The client sees EOF, as when a mongod connection is killed.
-            return Err(CloseReason::ClosedByOperator);
-        }
-        match outcome {
-            Some(Ok(())) => Ok(()),
-            Some(Err(relay::RelayError::Client)) => Err(CloseReason::ClientIo),
-            Some(Err(relay::RelayError::Backend(e))) => {
-                // When either side closes, both close: the driver sees a
-                // network error and retries on a new connection if it may.
-                self.emit(&Event::Backend {
-                    stage: BackendStage::Relay,
-                    error: &e,
-                });
-                Err(CloseReason::BackendClosed)
-            }
-            None => {
-                if !progress.replying && !req.more_to_come {
-                    let error = MongoError::interrupted_at_shutdown(
-                        "interrupted at shutdown: mongo-oidc-proxy's drain period ended",
-                    )
-                    .labelled_for(retryable);
-                    let _ = self
-                        .send(req.request_id, ReplyKind::Msg, &error.to_document())
-                        .await;
-                }
-                Err(CloseReason::Shutdown)
-            }
-        }
-    }
-
-    /// Relays a command whose reply the proxy must change: reads the reply
-    /// whole (only for `getParameter` and a fail point's
-    /// `writeConcernError`, never on the plain relay path), rewrites its
-    /// body and sends it on.
-    async fn relay_rewritten(
-        &mut self,
-        req: &Request<'_>,
-        rt: &Runtime,
-        rewrite: Rewrite,
-    ) -> Result<(), CloseReason> {
-        let Some(Access::Granted { backend, .. }) = self.phase.signed_in().map(|s| &s.access)
-        else {
-            return Err(CloseReason::MalformedMessage);
-        };
-        let backend = backend.clone();
-        let Some(command) = req.command else {
-            return Err(CloseReason::MalformedMessage);
-        };
-        let retryable = command.is_retryable_write();
-        if self.backend.is_none() {
-            if let Err(error) = self.connect_backend(&backend, rt).await {
-                let doc = error.labelled_for(retryable).to_document();
-                return self.send(req.request_id, ReplyKind::Msg, &doc).await;
-            }
-        }
-        let Some(link) = self.backend.as_mut() else {
-            return Err(CloseReason::BackendClosed);
-        };
-        let started = Instant::now();
-        let exchange = async {
-            link.connection.send(req.bytes).await?;
-            if req.more_to_come {
-                return Ok(None);
-            }
-            link.connection.recv().await.map(Some)
-        };
-        let outcome = tokio::select! {
-            r = exchange => Some(r),
-            _ = closing(&mut self.stage) => None,
-        };
-        let frame = match outcome {
-            Some(Ok(Some(frame))) => frame,
-            Some(Ok(None)) => return Ok(()),
-            Some(Err(e)) => {
-                self.emit(&Event::Backend {
-                    stage: BackendStage::Relay,
-                    error: &e,
-                });
-                return Err(CloseReason::BackendClosed);
-            }
-            None => {
-                let error = MongoError::interrupted_at_shutdown(
-                    "interrupted at shutdown: mongo-oidc-proxy's drain period ended",
-                )
-                .labelled_for(retryable);
-                let _ = self
-                    .send(req.request_id, ReplyKind::Msg, &error.to_document())
-                    .await;
-                return Err(CloseReason::Shutdown);
-            }
-        };
-        let parsed = wire::OpMsg::parse(&frame.bytes)
-            .ok()
-            .filter(|m| !m.flags.more_to_come());
-        let Some(parsed) = parsed else {
-            // Not a single OP_MSG reply: nothing to rewrite; pass it on as is.
-            return self.forward_unchanged(req, frame).await;
-        };
-        let body = match rewrite {
-            Rewrite::Parameters { all, show_details } => {
-                commands::rewrite_parameters(parsed.body, rt.test_commands, all, show_details)
-            }
-            Rewrite::WriteConcern => {
-                let fault = if commands::is_ok(parsed.body) {
-                    self.write_concern_fault(command.name, retryable)
-                } else {
-                    None
-                };
-                match fault {
-                    Some(f) => f.apply(parsed.body),
-                    None => parsed.body.to_owned(),
-                }
-            }
-        };
-        let bytes =
-            wire::op_msg::encode(frame.header.request_id, frame.header.response_to, 0, &body);
-        let result = self.write_to_client(&bytes).await;
-        self.emit(&Event::Relayed {
-            to_backend: req.bytes.len() as u64,
-            to_client: bytes.len() as u64,
-            replies: 1,
-            command: command.name,
-            db: command.db,
-            collection: command.target,
-            status: wire::op_msg::reply_status(&bytes),
-            duration: started.elapsed(),
-        });
-        result
-    }
-
     fn write_concern_fault(&mut self, command: &str, retryable: bool) -> Option<WriteConcernFault> {
         let fault = self
             .failpoints()
@@ -1160,99 +971,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Some(fault)
     }
 
-    /// A reply [`Session::relay_rewritten`] cannot rewrite (an exhaust
-    /// stream, or not OP_MSG), passed on with whatever follows it.
-    async fn forward_unchanged(
-        &mut self,
-        req: &Request<'_>,
-        first: Frame,
-    ) -> Result<(), CloseReason> {
-        let mut more = wire::OpMsg::parse(&first.bytes).is_ok_and(|m| m.flags.more_to_come());
-        self.write_to_client(&first.bytes).await?;
-        let started = Instant::now();
-        let mut progress = relay::Progress {
-            replying: true,
-            to_client: first.bytes.len() as u64,
-            replies: 1,
-            status: wire::op_msg::reply_status(&first.bytes),
-        };
-        while more {
-            let Some(link) = self.backend.as_mut() else {
-                return Err(CloseReason::BackendClosed);
-            };
-            match link
-                .connection
-                .forward_reply(&mut self.client.stream, &mut progress.replying)
-                .await
-            {
-                Ok(reply) => {
-                    progress.replies += 1;
-                    progress.to_client += reply.bytes as u64;
-                    more = reply.more_to_come;
-                }
-                Err(ForwardError::Client(_)) => return Err(CloseReason::ClientIo),
-                Err(ForwardError::Backend(e)) => {
-                    self.emit(&Event::Backend {
-                        stage: BackendStage::Relay,
-                        error: &e,
-                    });
-                    return Err(CloseReason::BackendClosed);
-                }
-            }
-        }
-        self.counts.bytes_to_client += progress.to_client - first.bytes.len() as u64;
-        self.emit(&Event::Relayed {
-            to_backend: req.bytes.len() as u64,
-            to_client: progress.to_client,
-            replies: progress.replies,
-            command: req.command.map_or("", |c| c.name),
-            db: req.command.and_then(|c| c.db),
-            collection: req.command.and_then(|c| c.target),
-            status: progress.status,
-            duration: started.elapsed(),
-        });
-        Ok(())
-    }
-
-    async fn write_to_client(&mut self, bytes: &[u8]) -> Result<(), CloseReason> {
-        self.client
-            .stream
-            .write_all(bytes)
-            .await
-            .map_err(|_| CloseReason::ClientIo)?;
-        self.client
-            .stream
-            .flush()
-            .await
-            .map_err(|_| CloseReason::ClientIo)?;
-        self.counts.bytes_to_client += bytes.len() as u64;
-        Ok(())
-    }
-
-    async fn connect_backend(
-        &mut self,
-        backend: &Arc<BackendIdentity>,
-        rt: &Runtime,
-    ) -> Result<(), MongoError> {
-        let started = Instant::now();
-        // Boxed, as sign-in is in `act`: it runs once per connection, and
-        // its 2 KiB state would otherwise sit in every session's task.
-        let connect =
-            rt.backend
-                .connect_for(&backend.user, &backend.password, self.app_name.as_deref());
-        match Box::pin(connect).await {
-            Ok(connection) => {
-                self.emit(&Event::BackendConnected {
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-                self.backend = Some(BackendLink {
-                    user: backend.user.clone(),
-                    connection,
-                });
-                Ok(())
-            }
-            Err(e) => Err(self.backend_unavailable(BackendStage::Connect, &e)),
-        }
+    async fn write_to_client(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.client.stream.write_all(bytes).await?;
+        self.client.stream.flush().await
     }
 }
 

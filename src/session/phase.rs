@@ -369,7 +369,7 @@ mod tests {
                 test_commands: false,
             },
         ) {
-            Action::Relay => None,
+            Action::Relay(_) => None,
             Action::Refuse { error, reason } => Some((error.code, reason)),
             other => panic!("unexpected {other:?}"),
         }

@@ -8,6 +8,7 @@ pub mod frame;
 pub mod header;
 pub mod op_msg;
 pub mod op_query;
+pub mod reply_scan;
 pub mod request;
 
 pub use frame::{read_frame, Frame};
