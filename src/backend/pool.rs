@@ -399,10 +399,18 @@ impl<C: Send + 'static> Pool<C> {
         }
     }
 
+    /// The newest idle connection; one idle past the timeout (not reaped
+    /// yet) is closed instead.
     fn pop_idle(&self) -> Option<Idle<C>> {
-        let idle = self.inner.idle().pop()?;
-        self.inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
-        Some(idle)
+        let inner = &self.inner;
+        loop {
+            let idle = inner.idle().pop()?;
+            inner.stats.idle.fetch_sub(1, Ordering::Relaxed);
+            if idle.since.elapsed() < inner.settings.idle_timeout {
+                return Some(idle);
+            }
+            inner.stats.close(Closed::Idle);
+        }
     }
 
     fn guard(
