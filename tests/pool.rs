@@ -14,7 +14,8 @@
 //! - the backend stopped and started again: requests fail within the
 //!   checkout timeout with 6 or 89 (retryable writes labelled), and work
 //!   again without a proxy restart;
-//! - `max_waiters`, the idle timeout and the pool's metrics.
+//! - `max_waiters`, the checkout timeout, the idle timeout and the pool's
+//!   metrics.
 //!
 //! Most tests share one SecantusDB (started once per binary, with a `root`
 //! user for `serverStatus` and `currentOp`); the connection-count test and
@@ -1442,17 +1443,22 @@ const POOL_METRICS: [&str; 8] = [
     "mongo_oidc_proxy_logical_sessions_tracked",
 ];
 
-/// With `max_size = 1` and `max_waiters = 1`, while one slow getMore holds
-/// the only connection: of three more finds one waits and succeeds, the
-/// other two fail at once. The metrics count it all, track the open cursor
-/// and session, and show the idle connection closed after `idle_timeout_secs`.
+/// With `max_size = 1`, `max_waiters = 1` and `checkout_timeout_ms =
+/// 1500`, while a slow getMore holds the only connection: of three more
+/// finds one waits and succeeds, the other two fail at once; a find that
+/// would wait longer than the checkout timeout fails when it passes. The
+/// metrics count it all, track the open cursor and session, and show the
+/// idle connection closed after `idle_timeout_secs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_waiters_the_idle_timeout_and_the_pool_metrics() {
+async fn max_waiters_checkout_timeout_idle_timeout_and_the_pool_metrics() {
+    const CHECKOUT: Duration = Duration::from_millis(1500);
     let _shared = BACKEND_CURSORS.read().await;
     let env = proxy(
         shared_backend(),
         &format!(
-            "[backend.pool]\nmax_size = 1\nmax_waiters = 1\nidle_timeout_secs = 1\n\n{METRICS}"
+            "[backend.pool]\nmax_size = 1\nmax_waiters = 1\nidle_timeout_secs = 1\n\
+             checkout_timeout_ms = {}\n\n{METRICS}",
+            CHECKOUT.as_millis()
         ),
     )
     .await;
@@ -1492,32 +1498,32 @@ async fn max_waiters_the_idle_timeout_and_the_pool_metrics() {
         m = pool_lines(&m)
     );
 
-    // Its getMore waits 3 s for data, holding the pool's only connection.
-    let mut get_more = rawdoc! { "getMore": tailing, "collection": capped.as_str(), "maxTimeMS": 3000i64, "$db": "app" };
-    get_more.append(bson::raw::cstr!("lsid"), session.clone());
-    let hold_started = Instant::now();
-    let held = alice.send_msg(0, &get_more).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Round 1: its getMore waits 1 s for data, holding the pool's only
+    // connection; of three finds sent meanwhile one waits (and gets the
+    // connection within the checkout timeout), two fail at once.
+    let hold = |ms: i64| {
+        let mut get_more = rawdoc! { "getMore": tailing, "collection": capped.as_str(), "maxTimeMS": ms, "$db": "app" };
+        get_more.append(bson::raw::cstr!("lsid"), session.clone());
+        get_more
+    };
+    let held = alice.send_msg(0, &hold(1000)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let find = rawdoc! { "find": coll.as_str(), "filter": {}, "$db": "app" };
     let results =
         futures::future::join_all(others.iter_mut().map(|c| timed(c, find.clone()))).await;
     let reply = alice.recv().await.expect("the getMore's reply");
     assert_eq!(reply.header.response_to, held);
-    let hold = hold_started.elapsed();
-    let ok: Vec<_> = results
+    eprintln!("round 1: {results}", results = results.show());
+    let ok = results
         .iter()
         .filter(|(r, _)| r.as_ref().is_some_and(is_ok))
-        .collect();
+        .count();
     let refused: Vec<_> = results
         .iter()
         .filter(|(r, _)| r.as_ref().is_some_and(|r| !is_ok(r)))
         .collect();
-    eprintln!(
-        "held {hold:?}; results: {results}",
-        results = results.show()
-    );
     assert_eq!(
-        ok.len(),
+        ok,
         1,
         "one find waits for the connection and gets it: {results}",
         results = results.show()
@@ -1530,10 +1536,35 @@ async fn max_waiters_the_idle_timeout_and_the_pool_metrics() {
     );
     for (reply, took) in &refused {
         assert!(
-            *took < Duration::from_secs(2),
-            "a find beyond max_waiters fails at once, not after the 3 s getMore ({took:?}): {reply}", reply = reply.show()
+            *took < CHECKOUT,
+            "a find beyond max_waiters fails at once, without waiting as long as a waiter may \
+             ({took:?}): {reply}",
+            reply = reply.show()
         );
     }
+
+    // Round 2: a getMore holding the connection 3 s; a find waiting for it
+    // fails when the checkout timeout passes, not when the getMore ends.
+    let held = alice.send_msg(0, &hold(3000)).await;
+    let hold_started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (reply, took) = timed(&mut others[0], find.clone()).await;
+    let waited_until = hold_started.elapsed();
+    let get_more = alice.recv().await.expect("the getMore's reply");
+    assert_eq!(get_more.header.response_to, held);
+    eprintln!("round 2: {}", (reply.clone(), took).show());
+    assert!(
+        reply.as_ref().is_some_and(|r| !is_ok(r)),
+        "a find waiting longer than checkout_timeout_ms fails: {reply}",
+        reply = reply.show()
+    );
+    assert!(
+        took >= CHECKOUT - Duration::from_millis(100)
+            && took <= CHECKOUT + Duration::from_secs(1)
+            && waited_until < Duration::from_secs(3),
+        "a find waiting for a connection fails after checkout_timeout_ms = {CHECKOUT:?} \
+         (+ a little), not at once nor when the 3 s getMore ends: it took {took:?}"
+    );
     let m = scrape(&env).await;
     assert!(
         value(
@@ -1542,6 +1573,15 @@ async fn max_waiters_the_idle_timeout_and_the_pool_metrics() {
         )
         .is_some_and(|n| n >= 2.0),
         "the refused checkouts are counted as max_waiters:\n{m}",
+        m = pool_lines(&m)
+    );
+    assert!(
+        value(
+            &m,
+            "mongo_oidc_proxy_backend_pool_checkout_failures_total{reason=\"timeout\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the checkout that timed out is counted as timeout:\n{m}",
         m = pool_lines(&m)
     );
     assert_eq!(
