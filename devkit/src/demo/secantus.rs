@@ -30,8 +30,10 @@ use mongo_oidc_proxy::wire::{self, OpCode, OpMsg};
 
 /// How long to wait for the server to accept connections after a start.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a SIGTERM gets before SIGKILL (an idle SecantusDB needs ~2 s).
-const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a SIGTERM gets before SIGKILL: an idle SecantusDB needs ~2 s, a
+/// loaded machine more, and a SIGKILL during its restart-with-users step has
+/// left WiredTiger asking for salvage.
+const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Timeout of one provisioning command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of the server's stderr is kept for error messages.
