@@ -17,7 +17,8 @@
 //!    With test commands on (`[testing]`), mongod's `failCommand` fail
 //!    point ([`session::failpoint`]) is consulted first and may close the
 //!    connection, delay the command or answer an error instead.
-//! 3. **act** — the session carries the action out and emits
+//! 3. **act** — the session carries the action out (a relay leases a pooled
+//!    backend connection for the one request and its replies) and emits
 //!    [`session::events::Event`]s; the sinks ([`metrics::MetricsSink`],
 //!    [`session::events::LogSink`], [`audit::Audit`]) turn them into
 //!    counters, log lines and audit records.
@@ -52,8 +53,11 @@
 //!   under a quiesce period), [`auth::idp`] (IdP selection and the
 //!   verified-token cache) and [`auth::oidc`] (the SASL steps). No sockets.
 //! - [`authz`]: user and role names, grants that pick the backend identity.
-//! - [`backend`]: URI parsing, connections, SCRAM-SHA-256, primary discovery,
-//!   and forwarding replies as they arrive.
+//! - [`backend`]: the upstream — URI parsing, connections, SCRAM-SHA-256,
+//!   primary discovery, forwarding replies as they arrive, the pools of
+//!   connections per host and backend user that requests lease
+//!   ([`backend::pool`], [`backend::upstream`]), and who owns which cursors
+//!   and logical sessions ([`backend::ownership`]).
 //! - [`runtime`]: the runtime builder and the state sessions share;
 //!   [`admission`]: what each client address may hold and has failed.
 //! - [`session`]: one client connection, as above.

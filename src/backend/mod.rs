@@ -5,9 +5,14 @@
 //! - [`connection`]: one plain or TLS connection, OP_MSG commands on it, SCRAM.
 //! - [`info`]: `hello`/`buildInfo` parsing into [`ServerInfo`].
 //!
+//! - [`pool`]: a bounded pool of connections handing out guards.
+//! - [`upstream`]: the pool for a request's target, and leasing from it.
+//! - [`ownership`]: which principal owns which cursors and logical sessions.
+//!
 //! [`Backend`] ties them together: it finds the writable primary among the
-//! configured hosts, caches what the backend reports about itself, and opens
-//! connections authenticated as a given backend user. Pooling is not here yet.
+//! configured hosts, caches what the backend reports about itself, opens
+//! connections authenticated as a given backend user, and keeps a pool of
+//! them per host and backend user ([`Backend::lease`]).
 
 pub mod connection;
 pub mod info;
@@ -176,8 +181,10 @@ pub struct Backend {
     /// Built by `new`, so that unreadable CA or key files are refused with
     /// the rest of the configuration rather than on the first connection.
     tls: Option<Arc<rustls::ClientConfig>>,
-    /// Held across discovery so concurrent callers wait for one probe.
-    discovered: tokio::sync::Mutex<Option<Arc<Discovered>>>,
+    /// What discovery found, read without a lock by every lease.
+    discovered: arc_swap::ArcSwapOption<Discovered>,
+    /// Held across a discovery so concurrent callers wait for one probe.
+    discovering: tokio::sync::Mutex<()>,
     /// Shared with the blocking PBKDF2 task, hence the Arc.
     scram_cache: Arc<SaltedPasswordCache>,
     /// The pooled connections, per host and backend user.
@@ -214,7 +221,8 @@ impl Backend {
             auth_source: config.auth_source.clone(),
             connect_timeout: Duration::from_millis(ms),
             tls,
-            discovered: tokio::sync::Mutex::new(None),
+            discovered: arc_swap::ArcSwapOption::empty(),
+            discovering: tokio::sync::Mutex::new(()),
             scram_cache: Arc::new(SaltedPasswordCache::new()),
             pools: upstream::Pools::new(pool::PoolSettings::from(&config.pool)),
         })
@@ -242,12 +250,7 @@ impl Backend {
     /// would). The whole check is bounded by the connect timeout.
     pub async fn health_check(&self) -> Result<(), BackendError> {
         let check = async {
-            let known = self
-                .discovered
-                .lock()
-                .await
-                .as_ref()
-                .map(|d| d.primary.clone());
+            let known = self.discovered.load().as_ref().map(|d| d.primary.clone());
             match known {
                 Some((host, port)) => match self.probe(&host, port).await {
                     Ok(_) => Ok(()),
@@ -283,11 +286,6 @@ impl Backend {
         Ok(HostPort(&d.primary.0, d.primary.1).to_string())
     }
 
-    /// Forgets the cached primary and server info, e.g. after a failover.
-    pub async fn invalidate(&self) {
-        *self.discovered.lock().await = None;
-    }
-
     /// Opens a connection to the primary authenticated as `user` with
     /// SCRAM-SHA-256 against `backend.auth_source`. If the cached primary
     /// cannot be reached or is no longer primary, rediscovers once.
@@ -314,7 +312,7 @@ impl Backend {
             match self.open_authenticated(&d, user, password, app_name).await {
                 Err(e) if !retried && e.is_topology() => {
                     tracing::info!(error = %e, "backend primary unreachable; rediscovering");
-                    self.forget(&d).await;
+                    self.forget(&d);
                     retried = true;
                 }
                 other => return other,
@@ -323,11 +321,8 @@ impl Backend {
     }
 
     /// Drops the discovery `d` unless another task already replaced it.
-    async fn forget(&self, d: &Arc<Discovered>) {
-        let mut guard = self.discovered.lock().await;
-        if guard.as_ref().is_some_and(|g| Arc::ptr_eq(g, d)) {
-            *guard = None;
-        }
+    fn forget(&self, d: &Arc<Discovered>) {
+        self.discovered.compare_and_swap(d, None);
     }
 
     async fn open_authenticated(
@@ -362,12 +357,16 @@ impl Backend {
     }
 
     async fn discover(&self) -> Result<Arc<Discovered>, BackendError> {
-        let mut guard = self.discovered.lock().await;
-        if let Some(d) = guard.as_ref() {
-            return Ok(Arc::clone(d));
+        if let Some(d) = self.discovered.load_full() {
+            return Ok(d);
+        }
+        let _one_probe = self.discovering.lock().await;
+        // Another caller may have finished a discovery while this one waited.
+        if let Some(d) = self.discovered.load_full() {
+            return Ok(d);
         }
         let d = Arc::new(self.find_primary().await?);
-        *guard = Some(Arc::clone(&d));
+        self.discovered.store(Some(Arc::clone(&d)));
         Ok(d)
     }
 

@@ -447,6 +447,15 @@ impl<C: Send + 'static> Pool<C> {
             .saturating_sub(load(&inner.stats.open))
     }
 
+    /// Runs `f` on every connection idle for at least `at_least`.
+    pub fn each_idle(&self, at_least: Duration, mut f: impl FnMut(&mut C)) {
+        for idle in self.inner.idle().iter_mut() {
+            if idle.since.elapsed() >= at_least {
+                f(&mut idle.conn);
+            }
+        }
+    }
+
     /// Puts a new connection among the idle ones (to keep `min_size`), if a
     /// slot is free at once.
     pub fn add_idle(&self, conn: C) -> bool {
@@ -744,5 +753,24 @@ mod tests {
         let st = pool.stats();
         assert_eq!((st.open, st.closed[Closed::Retired as usize]), (0, 1));
         assert!(pool.is_unused());
+    }
+
+    #[tokio::test]
+    async fn each_idle_sees_only_connections_idle_long_enough() {
+        let pool = Pool::new(settings(3));
+        let a = pool.get(Purpose::Request, || new_conn(1)).await.unwrap();
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let b = pool.get(Purpose::Request, || new_conn(2)).await.unwrap();
+        let c = pool.get(Purpose::Request, || new_conn(3)).await.unwrap();
+        drop(b);
+        drop(c);
+        let mut seen = Vec::new();
+        pool.each_idle(Duration::from_millis(20), |c| seen.push(*c));
+        assert!(seen.is_empty(), "both were just returned: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        pool.each_idle(Duration::from_millis(20), |c| seen.push(*c));
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 3]);
     }
 }

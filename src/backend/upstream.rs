@@ -11,7 +11,6 @@
 //! One background task per backend closes idle connections past the idle
 //! timeout and opens new ones up to `min_size`.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -25,6 +24,9 @@ use super::{Backend, BackendConnection, BackendError};
 const REFRESH_AFTER: Duration = Duration::from_secs(60);
 /// How often idle connections are reaped and `min_size` is restored.
 const REAP_EVERY: Duration = Duration::from_secs(1);
+/// An idle connection gives back its read buffer after this long, so a
+/// quiet pool holds none (the next reply allocates it again).
+const RELEASE_BUFFERS_AFTER: Duration = Duration::from_millis(500);
 /// Attempts at a lease whose connection failed its ping.
 const LEASE_ATTEMPTS: usize = 3;
 
@@ -49,7 +51,7 @@ pub enum LeaseError {
     Backend(#[from] BackendError),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct PoolKey {
     host: String,
     port: u16,
@@ -57,10 +59,11 @@ struct PoolKey {
     password: String,
 }
 
-/// Every pool of one backend.
+/// Every pool of one backend: a few per host (one per backend user), so a
+/// list scanned with borrowed names finds one without allocating.
 pub(super) struct Pools {
     settings: PoolSettings,
-    by_key: Mutex<HashMap<PoolKey, Pool<BackendConnection>>>,
+    list: Mutex<Vec<(PoolKey, Pool<BackendConnection>)>>,
     reaper: std::sync::Once,
 }
 
@@ -76,30 +79,46 @@ impl Pools {
     pub(super) fn new(settings: PoolSettings) -> Pools {
         Pools {
             settings,
-            by_key: Mutex::new(HashMap::new()),
+            list: Mutex::new(Vec::new()),
             reaper: std::sync::Once::new(),
         }
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<PoolKey, Pool<BackendConnection>>> {
-        // Inserts and removals only: a panic elsewhere cannot leave it torn.
-        self.by_key
+    fn list(&self) -> MutexGuard<'_, Vec<(PoolKey, Pool<BackendConnection>)>> {
+        // Pushes and removals only: a panic elsewhere cannot leave it torn.
+        self.list
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn get_or_create(&self, key: &PoolKey) -> Pool<BackendConnection> {
-        self.map()
-            .entry(key.clone())
-            .or_insert_with(|| Pool::new(self.settings.clone()))
-            .clone()
+    fn get_or_create(
+        &self,
+        (host, port): &(String, u16),
+        target: Target<'_>,
+    ) -> Pool<BackendConnection> {
+        let mut list = self.list();
+        let found = list.iter().find(|(k, _)| {
+            k.port == *port
+                && k.host == *host
+                && k.user == target.user
+                && k.password == target.password
+        });
+        if let Some((_, pool)) = found {
+            return pool.clone();
+        }
+        let pool = Pool::new(self.settings.clone());
+        let key = PoolKey {
+            host: host.clone(),
+            port: *port,
+            user: target.user.to_string(),
+            password: target.password.to_string(),
+        };
+        list.push((key, pool.clone()));
+        pool
     }
 
     fn all(&self) -> Vec<(PoolKey, Pool<BackendConnection>)> {
-        self.map()
-            .iter()
-            .map(|(k, p)| (k.clone(), p.clone()))
-            .collect()
+        self.list().clone()
     }
 }
 
@@ -132,24 +151,21 @@ impl Backend {
         loop {
             attempts += 1;
             let d = self.discover().await?;
-            let key = PoolKey {
-                host: d.primary.0.clone(),
-                port: d.primary.1,
-                user: target.user.to_string(),
-                password: target.password.to_string(),
+            let pool = self.pools.get_or_create(&d.primary, target);
+            let connect = || async {
+                let app = pool_app_name(target.user);
+                self.open_authenticated(&d, target.user, target.password, Some(&app))
+                    .await
             };
-            let pool = self.pools.get_or_create(&key);
-            let app = pool_app_name(target.user);
-            let connect = || self.open_authenticated(&d, target.user, target.password, Some(&app));
             let mut lease = match pool.get(purpose, connect).await {
                 Ok(lease) => lease,
                 Err(CheckoutError::Connect(e)) if !rediscovered && e.is_topology() => {
                     tracing::info!(error = %e, "backend primary unreachable; rediscovering");
-                    self.forget(&d).await;
+                    self.forget(&d);
                     rediscovered = true;
                     continue;
                 }
-                Err(e) => return Err(self.lease_error(e, &key, &pool)),
+                Err(e) => return Err(lease_error(e, &d.primary, target.user, &pool)),
             };
             if lease.idle_for() < REFRESH_AFTER || self.refresh(&mut lease).await {
                 return Ok(lease);
@@ -157,44 +173,9 @@ impl Backend {
             lease.discard(Closed::Stale);
             if attempts >= LEASE_ATTEMPTS {
                 return Err(LeaseError::Backend(BackendError::Closed {
-                    addr: super::HostPort(&key.host, key.port).to_string(),
+                    addr: super::HostPort(&d.primary.0, d.primary.1).to_string(),
                 }));
             }
-        }
-    }
-
-    fn lease_error(
-        &self,
-        e: CheckoutError<BackendError>,
-        key: &PoolKey,
-        pool: &Pool<BackendConnection>,
-    ) -> LeaseError {
-        let s = pool.settings();
-        let stats = pool.stats();
-        let describe = || {
-            format!(
-                "pool {}:{} as {}: max_size {}, in use by cursors {}, by transactions {}, \
-                 by exhaust streams {}, by other operations {}",
-                key.host,
-                key.port,
-                key.user,
-                s.max_size,
-                stats.in_use[1],
-                stats.in_use[2],
-                stats.in_use[3],
-                stats.in_use[0],
-            )
-        };
-        match e {
-            CheckoutError::Timeout => LeaseError::Timeout {
-                ms: s.checkout_timeout.as_millis() as u64,
-                pool: describe(),
-            },
-            CheckoutError::TooManyWaiters => LeaseError::TooManyWaiters {
-                waiters: s.max_waiters,
-                pool: describe(),
-            },
-            CheckoutError::Connect(e) => LeaseError::Backend(e),
         }
     }
 
@@ -224,8 +205,7 @@ impl Backend {
     /// retired (their connections close as they come back).
     pub fn retain_users<'a>(&self, users: impl IntoIterator<Item = (&'a str, &'a str)>) {
         let keep: Vec<(&str, &str)> = users.into_iter().collect();
-        let mut map = self.pools.map();
-        map.retain(|key, pool| {
+        self.pools.list().retain(|(key, pool)| {
             let kept = keep
                 .iter()
                 .any(|(u, p)| *u == key.user && *p == key.password);
@@ -244,6 +224,43 @@ impl Backend {
     }
 }
 
+/// Why a lease failed, with what the pool was busy with (as drivers word a
+/// wait-queue timeout).
+fn lease_error(
+    e: CheckoutError<BackendError>,
+    (host, port): &(String, u16),
+    user: &str,
+    pool: &Pool<BackendConnection>,
+) -> LeaseError {
+    let s = pool.settings();
+    let stats = pool.stats();
+    let describe = || {
+        format!(
+            "pool {}:{} as {}: max_size {}, in use by cursors {}, by transactions {}, \
+             by exhaust streams {}, by other operations {}",
+            host,
+            port,
+            user,
+            s.max_size,
+            stats.in_use[1],
+            stats.in_use[2],
+            stats.in_use[3],
+            stats.in_use[0],
+        )
+    };
+    match e {
+        CheckoutError::Timeout => LeaseError::Timeout {
+            ms: s.checkout_timeout.as_millis() as u64,
+            pool: describe(),
+        },
+        CheckoutError::TooManyWaiters => LeaseError::TooManyWaiters {
+            waiters: s.max_waiters,
+            pool: describe(),
+        },
+        CheckoutError::Connect(e) => LeaseError::Backend(e),
+    }
+}
+
 /// Closes idle connections past the timeout and keeps `min_size`, until the
 /// backend is dropped (a reload that changed `[backend]`).
 async fn reap(backend: Weak<Backend>) {
@@ -255,6 +272,7 @@ async fn reap(backend: Weak<Backend>) {
             return;
         };
         for (key, pool) in backend.pools.all() {
+            pool.each_idle(RELEASE_BUFFERS_AFTER, BackendConnection::release_idle);
             let short = pool.reap().min(pool.settings().max_connecting);
             for _ in 0..short {
                 if !backend.top_up(&key, &pool).await {
