@@ -863,3 +863,68 @@ async fn when_the_backend_goes_away_commands_get_host_unreachable_and_the_client
     );
     env.stop().await;
 }
+
+#[tokio::test]
+async fn cursors_and_sessions_a_client_does_not_own_are_refused_with_exact_errors() {
+    let env = ProxyEnv::start().await;
+    let mut c = env.client().await;
+    assert!(is_ok(
+        &c.sign_in(&env.token("alice", &["writers"], 600)).await
+    ));
+    let r = c
+        .command(rawdoc! { "getMore": 4242_i64, "collection": "things", "$db": "app" })
+        .await;
+    assert_eq!(err(&r), (43, "cursor id 4242 not found".to_string()));
+    let r = c
+        .command(rawdoc! { "killCursors": "things", "cursors": [4242_i64], "$db": "app" })
+        .await;
+    assert_eq!(err(&r), (43, "cursor id 4242 not found".to_string()));
+    let r = c
+        .command(rawdoc! { "find": "things", "lsid": { "id": 1 }, "$db": "app" })
+        .await;
+    assert_eq!(
+        err(&r),
+        (
+            2,
+            "lsid must be a document whose id is a 16-byte UUID".to_string()
+        )
+    );
+    let r = c
+        .command(rawdoc! { "killAllSessions": [], "$db": "admin" })
+        .await;
+    assert_eq!(
+        err(&r),
+        (
+            13,
+            "killAllSessions is not allowed through mongo-oidc-proxy: it would end other users' \
+             sessions; end your own with endSessions"
+                .to_string()
+        )
+    );
+    // Another user's session.
+    let lsid = rawdoc! { "id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![0x5a; 16] } };
+    assert!(is_ok(
+        &c.command(rawdoc! { "find": "things", "lsid": lsid.clone(), "$db": "app" })
+            .await
+    ));
+    let mut bob = env.client().await;
+    assert!(is_ok(
+        &bob.sign_in(&env.token("bob", &["writers"], 600)).await
+    ));
+    let r = bob
+        .command(rawdoc! { "find": "things", "lsid": lsid, "$db": "app" })
+        .await;
+    assert_eq!(
+        err(&r),
+        (
+            13,
+            "Cannot use this logical session: it belongs to another user".to_string()
+        )
+    );
+    let m = env.running().metrics.render();
+    assert!(
+        m.contains("mongo_oidc_proxy_commands_total{disposition=\"refused_not_owner\"} 5"),
+        "{m}"
+    );
+    env.stop().await;
+}

@@ -539,15 +539,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Result<(), CloseReason> {
         let name = req.command.map_or("", |c| c.name);
         let disposition = match &action {
-            Action::Relay(_) | Action::GetParameter => Disposition::Relayed,
-            Action::Refuse { reason, .. } => Disposition::Refused(*reason),
+            // The relay counts these once it knows whether they go out.
+            Action::Relay(_) | Action::GetParameter => None,
+            Action::Refuse { reason, .. } => Some(Disposition::Refused(*reason)),
             Action::FailPoint(_) | Action::Close(CloseReason::FailPoint) => {
-                Disposition::Refused(Refused::FailPoint)
+                Some(Disposition::Refused(Refused::FailPoint))
             }
-            Action::Close(_) => Disposition::Refused(Refused::Unsupported),
-            _ => Disposition::Local,
+            Action::Close(_) => Some(Disposition::Refused(Refused::Unsupported)),
+            _ => Some(Disposition::Local),
         };
-        self.emit(&Event::Command { name, disposition });
+        if let Some(disposition) = disposition {
+            self.emit(&Event::Command { name, disposition });
+        }
         let reply = match action {
             Action::Close(reason) => {
                 if reason == CloseReason::UnsupportedOpcode {
@@ -572,7 +575,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     return Err(CloseReason::MalformedMessage);
                 };
                 match commands::plan_get_parameter(command.body, rt.test_commands) {
-                    commands::ParameterPlan::Local(doc) => doc,
+                    commands::ParameterPlan::Local(doc) => {
+                        self.emit(&Event::Command {
+                            name,
+                            disposition: Disposition::Relayed,
+                        });
+                        doc
+                    }
                     commands::ParameterPlan::Relay { all, show_details } => {
                         let rewrite = Rewrite::Parameters { all, show_details };
                         return self
@@ -688,15 +697,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// or auth source; the details go to the log and metrics.
     fn backend_unavailable(&self, stage: BackendStage, e: &BackendError) -> MongoError {
         self.emit(&Event::Backend { stage, error: e });
-        let text = if matches!(
-            e,
-            BackendError::AuthFailed { .. } | BackendError::Scram { .. }
-        ) {
-            "mongo-oidc-proxy cannot sign in to its backend as the granted user"
-        } else {
-            "mongo-oidc-proxy cannot reach its backend"
-        };
-        MongoError::host_unreachable(text)
+        upstream::unreachable(e)
     }
 
     /// `configureFailPoint` for an admin session: decide checked who may.

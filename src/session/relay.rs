@@ -78,13 +78,7 @@ pub async fn stream<C: AsyncWrite + Unpin>(
     inspect: bool,
     progress: &mut Progress,
 ) -> Result<(), RelayError> {
-    let Some(conn) = lease_conn(lease) else {
-        return Err(RelayError::Backend(BackendError::Protocol {
-            addr: String::new(),
-            detail: "the leased connection was already closed".into(),
-        }));
-    };
-    conn.send(request).await.map_err(RelayError::Backend)?;
+    let conn = send(lease, request).await?;
     if !more_to_come {
         forward(client, conn, inspect, progress).await?;
     }
@@ -96,13 +90,7 @@ pub async fn stream<C: AsyncWrite + Unpin>(
 /// proxy must change. A reply that says moreToCome is not changed: see
 /// [`forward_rest`].
 pub async fn whole(lease: &mut Lease, request: &[u8]) -> Result<Frame, RelayError> {
-    let Some(conn) = lease_conn(lease) else {
-        return Err(RelayError::Backend(BackendError::Protocol {
-            addr: String::new(),
-            detail: "the leased connection was already closed".into(),
-        }));
-    };
-    conn.send(request).await.map_err(RelayError::Backend)?;
+    let conn = send(lease, request).await?;
     let frame = conn.recv().await.map_err(RelayError::Backend)?;
     if !crate::wire::OpMsg::parse(&frame.bytes).is_ok_and(|m| m.flags.more_to_come()) {
         lease.exchange_done();
@@ -117,16 +105,28 @@ pub async fn forward_rest<C: AsyncWrite + Unpin>(
     lease: &mut Lease,
     progress: &mut Progress,
 ) -> Result<(), RelayError> {
-    if let Some(conn) = lease_conn(lease) {
+    lease.exchange_started();
+    if let Some(conn) = lease.conn() {
         forward(client, conn, false, progress).await?;
     }
     lease.exchange_done();
     Ok(())
 }
 
-fn lease_conn(lease: &mut Lease) -> Option<&mut BackendConnection> {
+/// Starts the exchange on the leased connection with the request.
+async fn send<'l>(
+    lease: &'l mut Lease,
+    request: &[u8],
+) -> Result<&'l mut BackendConnection, RelayError> {
     lease.exchange_started();
-    lease.conn()
+    let conn = lease.conn().ok_or_else(|| {
+        RelayError::Backend(BackendError::Protocol {
+            addr: String::new(),
+            detail: "the leased connection was already closed".into(),
+        })
+    })?;
+    conn.send(request).await.map_err(RelayError::Backend)?;
+    Ok(conn)
 }
 
 async fn forward<C: AsyncWrite + Unpin>(

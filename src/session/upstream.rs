@@ -21,16 +21,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::authz::BackendIdentity;
 use crate::backend::ownership::{Cleanup, Owner, Ownership, Refusal, SessionKey};
-use crate::backend::{Backend, Lease, LeaseError, Purpose, Target};
+use crate::backend::{Backend, BackendError, Lease, LeaseError, Purpose, Target};
 use crate::errors::MongoError;
 use crate::runtime::Runtime;
 use crate::wire::{self, Command, Request};
 
 use super::decide::Affinity;
-use super::events::{BackendStage, Event};
+use super::events::{BackendStage, Disposition, Event};
 use super::phase::{Access, SignedIn};
 use super::relay::{self, Progress, RelayError};
-use super::{closing, commands, CloseReason, ReplyKind, Rewrite, Session};
+use super::{closing, commands, CloseReason, Refused, ReplyKind, Rewrite, Session};
 
 /// How long the clean-up after a client's close may take in all.
 pub const CLEANUP_WITHIN: Duration = Duration::from_secs(5);
@@ -99,16 +99,21 @@ fn lease_refusal(e: &LeaseError) -> MongoError {
         LeaseError::TooManyWaiters { .. } => MongoError::network_timeout(
             "mongo-oidc-proxy has too many requests waiting for a backend connection",
         ),
-        LeaseError::Backend(crate::backend::BackendError::AuthFailed { .. })
-        | LeaseError::Backend(crate::backend::BackendError::Scram { .. }) => {
-            MongoError::host_unreachable(
-                "mongo-oidc-proxy cannot sign in to its backend as the granted user",
-            )
-        }
-        LeaseError::Backend(_) => {
-            MongoError::host_unreachable("mongo-oidc-proxy cannot reach its backend")
-        }
+        LeaseError::Backend(e) => unreachable(e),
     }
+}
+
+/// What a client sees when the backend cannot be reached or signed in to.
+pub(super) fn unreachable(e: &BackendError) -> MongoError {
+    let text = if matches!(
+        e,
+        BackendError::AuthFailed { .. } | BackendError::Scram { .. }
+    ) {
+        "mongo-oidc-proxy cannot sign in to its backend as the granted user"
+    } else {
+        "mongo-oidc-proxy cannot reach its backend"
+    };
+    MongoError::host_unreachable(text)
 }
 
 /// The error for a command that did not run, labelled as the command needs.
@@ -117,6 +122,15 @@ fn labelled(error: MongoError, command: &Command<'_>, affinity: Affinity) -> Mon
         return error.labelled_in_transaction();
     }
     error.labelled_for(command.is_retryable_write())
+}
+
+/// The reply to a command the end of the drain period interrupted.
+fn interrupted_at_shutdown(command: &Command<'_>) -> RawDocumentBuf {
+    MongoError::interrupted_at_shutdown(
+        "interrupted at shutdown: mongo-oidc-proxy's drain period ended",
+    )
+    .labelled_for(command.is_retryable_write())
+    .to_document()
 }
 
 /// `endSessions`/`killSessions` keeping only the caller's own sessions.
@@ -175,7 +189,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         ) else {
             return Err(CloseReason::MalformedMessage);
         };
-        let claim = match self.claim(&command, &owner) {
+        let claimed = self.claim(&command, &owner);
+        let disposition = match &claimed {
+            Ok(Some(_)) => Disposition::Relayed,
+            Ok(None) => Disposition::Local,
+            Err(_) => Disposition::Refused(Refused::Ownership),
+        };
+        self.emit(&Event::Command {
+            name: command.name,
+            disposition,
+        });
+        let claim = match claimed {
             Ok(Some(claim)) => claim,
             Ok(None) => return self.answer(req, &commands::ok()).await,
             Err(error) => {
@@ -184,7 +208,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     name: command.name,
                     db: command.db,
                     code: error.code,
-                    reason: super::Refused::Ownership,
+                    reason: Refused::Ownership,
                 });
                 return self.answer(req, &error.to_document()).await;
             }
@@ -238,12 +262,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Err(Interrupted::ByOperator) => Err(CloseReason::ClosedByOperator),
             Err(Interrupted::Drain) => {
-                if !progress.replying && !req.more_to_come {
-                    let error = MongoError::interrupted_at_shutdown(
-                        "interrupted at shutdown: mongo-oidc-proxy's drain period ended",
-                    )
-                    .labelled_for(command.is_retryable_write());
-                    let _ = self.answer(req, &error.to_document()).await;
+                if !progress.replying {
+                    let _ = self.answer(req, &interrupted_at_shutdown(&command)).await;
                 }
                 Err(CloseReason::Shutdown)
             }
@@ -276,7 +296,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let leased = tokio::select! {
             biased;
             r = backend.lease(target, purpose(affinity)) => r,
-            _ = closing(&mut self.stage) => return Err(CloseReason::Shutdown),
+            _ = closing(&mut self.stage) => {
+                let _ = self.answer(req, &interrupted_at_shutdown(command)).await;
+                return Err(CloseReason::Shutdown);
+            }
             _ = self.listed.closed() => return Err(CloseReason::ClosedByOperator),
         };
         match leased {
@@ -336,24 +359,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             _ = closing(&mut self.stage) => return Err(Interrupted::Drain),
             _ = self.listed.closed() => return Err(Interrupted::ByOperator),
         };
-        let parsed = wire::OpMsg::parse(&frame.bytes)
-            .ok()
-            .filter(|m| !m.flags.more_to_come());
-        let out = match parsed {
-            Some(parsed) => {
-                let body = self.rewrite(parsed.body, rt, command, rewrite);
-                wire::op_msg::encode(frame.header.request_id, frame.header.response_to, 0, &body)
-            }
-            None => frame.bytes.to_vec(),
-        };
+        let parsed = wire::OpMsg::parse(&frame.bytes).ok();
+        let streaming = parsed.as_ref().is_some_and(|m| m.flags.more_to_come());
+        let rewritten = parsed.filter(|_| !streaming).map(|m| {
+            let body = self.rewrite(m.body, rt, command, rewrite);
+            wire::op_msg::encode(frame.header.request_id, frame.header.response_to, 0, &body)
+        });
+        let out: &[u8] = rewritten.as_deref().unwrap_or(&frame.bytes);
         progress.replying = true;
-        self.write_to_client(&out)
+        self.write_to_client(out)
             .await
             .map_err(Interrupted::Client)?;
         progress.replies = 1;
         progress.to_client = out.len() as u64;
-        progress.status = wire::op_msg::reply_status(&out);
-        if parsed.is_none() && lease.conn().is_some() {
+        progress.status = wire::op_msg::reply_status(out);
+        if streaming {
             let client = &mut self.client.stream;
             tokio::select! {
                 r = relay::forward_rest(client, lease, progress) => r.map_err(Interrupted::from)?,
@@ -579,7 +599,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 enum Interrupted {
     /// The client's side failed; the session ends as when it closes.
     Client(std::io::Error),
-    Backend(crate::backend::BackendError),
+    Backend(BackendError),
     Drain,
     ByOperator,
 }
