@@ -33,18 +33,16 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bson::{rawdoc, RawBsonRef, RawDocumentBuf};
-use mongo_oidc_proxy_devkit::demo::secantus::{BackendUser, SecantusOptions};
+use mongo_oidc_proxy_devkit::demo::secantus::BackendUser;
 use serde_json::Value;
-use support::proxy_env::{
-    dev_idp_options, shared_files, ProxyEnv, AUDIENCE, PREFIX, READER, WRITER,
-};
+use support::proxy_env::{self, dev_idp_options, ProxyEnv, READER, WRITER};
 use support::wire_client::{is_ok, WireClient};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -67,39 +65,10 @@ fn users() -> Vec<BackendUser> {
     ]
 }
 
-/// The SecantusDB shared by this binary's tests (with [`OPS`]), started on a
-/// thread of its own so it outlives every test's runtime.
+/// The SecantusDB shared by this binary's tests (with [`OPS`]).
 fn shared_backend() -> &'static str {
     static URI: OnceLock<String> = OnceLock::new();
-    URI.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                // A fixed folder, emptied first: the server is never dropped,
-                // so it could not clean a temporary one.
-                let data_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pool-shared-backend");
-                let _ = std::fs::remove_dir_all(&data_dir);
-                std::fs::create_dir_all(&data_dir).expect("backend data dir");
-                let running = mongo_oidc_proxy_devkit::demo::secantus::start(SecantusOptions {
-                    secantusd: support::secantusd(),
-                    users: users(),
-                    data_dir: Some(data_dir),
-                    port: None,
-                })
-                .await
-                .unwrap_or_else(|e| panic!("SecantusDB did not start: {e}"));
-                let _ = tx.send(running.uri.clone());
-                std::future::pending::<()>().await;
-                drop(running);
-            });
-        });
-        rx.recv()
-            .expect("the backend thread died before SecantusDB was up")
-    })
+    URI.get_or_init(|| proxy_env::backend_for_binary(users()))
 }
 
 /// Tests that open cursors on the shared backend hold it shared; the cursor
@@ -107,38 +76,10 @@ fn shared_backend() -> &'static str {
 static BACKEND_CURSORS: LazyLock<tokio::sync::RwLock<()>> =
     LazyLock::new(|| tokio::sync::RwLock::new(()));
 
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}
-
-/// The usual test config (development IdP with prefix `test`, writers and
-/// readers granted the two backend users) in front of `backend`; `limits`
-/// is added to `[limits]`, `extra` at the end (`[backend.pool]`, `[metrics]`).
-fn config_text(issuer: &str, backend: &str, limits: &str, extra: &str) -> String {
-    let files = shared_files();
-    format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\ntls_cert = {cert}\ntls_key = {key}\n\n\
-         [backend]\nuri = {backend}\n\n\
-         [limits]\nauth_timeout_secs = 5\n{limits}\n\
-         [[identity_provider]]\nissuer = {issuer}\naudience = {aud}\nauth_name_prefix = {PREFIX:?}\nclient_id = \"test-client\"\njwks_min_quiesce_secs = 0\n\n\
-         [[grant]]\nrole = \"test/writers\"\nbackend_user = {rw}\nbackend_password_file = {rwf}\n\n\
-         [[grant]]\nrole = \"test/readers\"\nbackend_user = {ro}\nbackend_password_file = {rof}\n\n{extra}",
-        cert = toml_str(&files.join("server.pem").display().to_string()),
-        key = toml_str(&files.join("server.key").display().to_string()),
-        backend = toml_str(backend),
-        issuer = toml_str(issuer),
-        aud = toml_str(AUDIENCE),
-        rw = toml_str(WRITER.0),
-        rwf = toml_str(&files.join("rw.password").display().to_string()),
-        ro = toml_str(READER.0),
-        rof = toml_str(&files.join("ro.password").display().to_string()),
-    )
-}
-
 /// A proxy in front of `backend` with `extra` TOML (its `[backend.pool]`).
 async fn proxy(backend: &str, extra: &str) -> ProxyEnv {
     ProxyEnv::launch(dev_idp_options(), |issuer| {
-        config_text(issuer, backend, "", extra)
+        proxy_env::config_for(issuer, backend, "", "", extra)
     })
     .await
 }
@@ -668,9 +609,10 @@ async fn a_thousand_clients_of_one_grant_use_at_most_max_size_backend_connection
     let bound = baseline + MAX_SIZE + PROXY_OWN_CONNECTIONS;
 
     let env = ProxyEnv::launch(dev_idp_options(), |issuer| {
-        config_text(
+        proxy_env::config_for(
             issuer,
             &db.uri,
+            "",
             // All the clients come from 127.0.0.1 (1,000 is the default cap).
             "max_connections_per_ip = 1100\n",
             // Every request may wait: 1,000 at once queue for 20 connections.

@@ -10,25 +10,13 @@
 // as failover.py does:
 // {"acknowledged": n, "found": n, "missing": [ids], "errors": [text], "reads": n}
 'use strict';
-const path = require('path');
+const { loadDriver, readOptions } = require('./common');
 const crypto = require('crypto');
-
-function loadDriver() {
-  const tools = process.env.MOP_TOOLS;
-  if (tools) {
-    try {
-      return require(path.join(tools, 'npm', 'node_modules', 'mongodb'));
-    } catch (_) { /* fall back to NODE_PATH */ }
-  }
-  return require('mongodb');
-}
 
 function parseArgs(argv) {
   const [uri, ...rest] = argv;
   const a = { uri, db: 'app' };
-  for (let i = 0; i < rest.length; i += 2) {
-    a[rest[i].replace(/^--/, '')] = rest[i + 1];
-  }
+  readOptions(rest, a);
   if (!uri || !a.ca || !a.token || !a.seconds) {
     throw new Error('usage: failover.js URI --ca CA_FILE --token JWT --seconds N [--db DB]');
   }

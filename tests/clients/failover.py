@@ -8,32 +8,20 @@ default) and reads each back, for N seconds, then counts what is found. Every
 exception that reaches the loop is recorded. Prints one JSON line:
 {"acknowledged": n, "found": n, "missing": [ids], "errors": [text], "reads": n}
 """
-import argparse
 import json
 import time
 import uuid
 
+import oidc_client
+
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("uri")
-    p.add_argument("--ca", required=True)
-    p.add_argument("--token", required=True)
+    p = oidc_client.parser()
     p.add_argument("--seconds", type=float, required=True)
-    p.add_argument("--db", default="app")
     a = p.parse_args()
 
-    from pymongo import MongoClient
-    from pymongo.auth_oidc import OIDCCallback, OIDCCallbackContext, OIDCCallbackResult
-
-    class Token(OIDCCallback):
-        def fetch(self, context: OIDCCallbackContext) -> OIDCCallbackResult:
-            return OIDCCallbackResult(access_token=a.token, expires_in_seconds=3600)
-
-    client = MongoClient(a.uri, tls=True, tlsCAFile=a.ca, authMechanism="MONGODB-OIDC",
-                         authMechanismProperties={"OIDC_CALLBACK": Token()},
-                         retryWrites=True, retryReads=True, heartbeatFrequencyMS=500,
-                         serverSelectionTimeoutMS=10000)
+    client = oidc_client.connect(a, retryWrites=True, retryReads=True, heartbeatFrequencyMS=500,
+                                 serverSelectionTimeoutMS=10000)
     run = uuid.uuid4().hex
     coll = client[a.db]["failover_" + run[:8]]
     acknowledged, errors, reads = [], [], 0

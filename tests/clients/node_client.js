@@ -14,25 +14,12 @@
 //   ping  -> {ok, callbacks}
 //   crud  insert 3 docs, find them, connectionStatus -> {inserted, found, users, roles, callbacks}
 'use strict';
-const path = require('path');
-
-function loadDriver() {
-  const tools = process.env.MOP_TOOLS;
-  if (tools) {
-    try {
-      return require(path.join(tools, 'npm', 'node_modules', 'mongodb'));
-    } catch (_) { /* fall back to NODE_PATH */ }
-  }
-  return require('mongodb');
-}
+const { loadDriver, readOptions } = require('./common');
 
 function parseArgs(argv) {
   const [scenario, uri, ...rest] = argv;
   const a = { scenario, uri, db: 'app' };
-  for (let i = 0; i < rest.length; i += 2) {
-    const k = rest[i].replace(/^--/, '').replace(/-(.)/g, (_, c) => c.toUpperCase());
-    a[k] = rest[i + 1];
-  }
+  readOptions(rest, a);
   if (!['ping', 'crud'].includes(scenario) || !uri) {
     throw new Error('usage: node_client.js ping|crud URI [--ca F] (--token T | --token-file F | --scram U:P)');
   }

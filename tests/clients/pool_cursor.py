@@ -13,31 +13,19 @@ Talks with the test over stdin/stdout, one JSON line each step:
    killCursors is ever sent for it).
 On an error it prints {"error", "code", "type"} and exits 1.
 """
-import argparse
 import json
 import sys
 import time
 
+import oidc_client
+
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("uri")
-    p.add_argument("--ca", required=True)
-    p.add_argument("--token", required=True)
+    p = oidc_client.parser()
     p.add_argument("--coll", required=True)
-    p.add_argument("--db", default="app")
     a = p.parse_args()
 
-    from pymongo import MongoClient
-    from pymongo.auth_oidc import OIDCCallback, OIDCCallbackContext, OIDCCallbackResult
-
-    class Token(OIDCCallback):
-        def fetch(self, context: OIDCCallbackContext) -> OIDCCallbackResult:
-            return OIDCCallbackResult(access_token=a.token, expires_in_seconds=3600)
-
-    client = MongoClient(a.uri, tls=True, tlsCAFile=a.ca, authMechanism="MONGODB-OIDC",
-                         authMechanismProperties={"OIDC_CALLBACK": Token()},
-                         serverSelectionTimeoutMS=20000)
+    client = oidc_client.connect(a, serverSelectionTimeoutMS=20000)
 
     def say(obj):
         print(json.dumps(obj), flush=True)

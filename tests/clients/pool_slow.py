@@ -15,37 +15,27 @@ Threads that do not finish within 90 s are reported as stuck. Prints one
 JSON line: {"exhaust": [count, ...], "waits_ms": [[ms, ms], ...], "errors": [...],
 "stuck": n, "elapsed_ms": ms}; exit code 1 on an error.
 """
-import argparse
 import json
 import sys
 import threading
 import time
 
+import oidc_client
+
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("uri")
-    p.add_argument("--ca", required=True)
-    p.add_argument("--token", required=True)
+    p = oidc_client.parser()
     p.add_argument("--coll", required=True)
     p.add_argument("--slow", type=int, default=4)
     p.add_argument("--exhaust", type=int, default=2)
     p.add_argument("--docs", type=int, default=200)
     p.add_argument("--await-ms", type=int, default=1000)
-    p.add_argument("--db", default="app")
     a = p.parse_args()
 
-    from pymongo import CursorType, MongoClient
-    from pymongo.auth_oidc import OIDCCallback, OIDCCallbackContext, OIDCCallbackResult
-
-    class Token(OIDCCallback):
-        def fetch(self, context: OIDCCallbackContext) -> OIDCCallbackResult:
-            return OIDCCallbackResult(access_token=a.token, expires_in_seconds=3600)
+    from pymongo import CursorType
 
     def client():
-        return MongoClient(a.uri, tls=True, tlsCAFile=a.ca, authMechanism="MONGODB-OIDC",
-                           authMechanismProperties={"OIDC_CALLBACK": Token()},
-                           serverSelectionTimeoutMS=20000, maxPoolSize=1)
+        return oidc_client.connect(a, serverSelectionTimeoutMS=20000, maxPoolSize=1)
 
     setup = client()
     db = setup[a.db]

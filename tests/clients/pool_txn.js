@@ -11,24 +11,12 @@
 // {committed, docs, counter, read_own_writes, aborted_visible, busy_finds, busy_errors};
 // on an error {error, code, type} and exit code 1.
 'use strict';
-const path = require('path');
-
-function loadDriver() {
-  const tools = process.env.MOP_TOOLS;
-  if (tools) {
-    try {
-      return require(path.join(tools, 'npm', 'node_modules', 'mongodb'));
-    } catch (_) { /* fall back to NODE_PATH */ }
-  }
-  return require('mongodb');
-}
+const { loadDriver, readOptions } = require('./common');
 
 function parseArgs(argv) {
   const [uri, ...rest] = argv;
   const a = { uri, db: 'app', busy: '4', txns: '5' };
-  for (let i = 0; i < rest.length; i += 2) {
-    a[rest[i].replace(/^--/, '')] = rest[i + 1];
-  }
+  readOptions(rest, a);
   if (!uri || !a.ca || !a.token || !a.coll) {
     throw new Error('usage: pool_txn.js URI --ca CA_FILE --token JWT --coll NAME [--busy N] [--txns N]');
   }

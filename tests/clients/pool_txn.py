@@ -15,10 +15,11 @@ outside any transaction. Prints one JSON line:
  "busy_finds", "busy_errors"}; on an exception {"error", "code", "type"}
 and exit code 1.
 """
-import argparse
 import json
 import sys
 import threading
+
+import oidc_client
 
 
 class Abort(Exception):
@@ -26,27 +27,14 @@ class Abort(Exception):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("uri")
-    p.add_argument("--ca", required=True)
-    p.add_argument("--token", required=True)
+    p = oidc_client.parser()
     p.add_argument("--coll", required=True)
     p.add_argument("--busy", type=int, default=4)
     p.add_argument("--txns", type=int, default=5)
-    p.add_argument("--db", default="app")
     a = p.parse_args()
 
-    from pymongo import MongoClient
-    from pymongo.auth_oidc import OIDCCallback, OIDCCallbackContext, OIDCCallbackResult
-
-    class Token(OIDCCallback):
-        def fetch(self, context: OIDCCallbackContext) -> OIDCCallbackResult:
-            return OIDCCallbackResult(access_token=a.token, expires_in_seconds=3600)
-
     def client():
-        return MongoClient(a.uri, tls=True, tlsCAFile=a.ca, authMechanism="MONGODB-OIDC",
-                           authMechanismProperties={"OIDC_CALLBACK": Token()},
-                           serverSelectionTimeoutMS=20000, maxPoolSize=1)
+        return oidc_client.connect(a, serverSelectionTimeoutMS=20000, maxPoolSize=1)
 
     main_client = client()
     coll = main_client[a.db][a.coll]

@@ -18,55 +18,58 @@ pub const PREFIX: &str = "test";
 pub const WRITER: (&str, &str) = ("app_rw", "app-rw-password");
 pub const READER: (&str, &str) = ("app_ro", "app-ro-password");
 
-/// One backend per test binary: SecantusDB (or `$MONGOD_URI`) started on a
-/// thread of its own so it outlives every test's runtime. The process ends
-/// with the test binary.
+/// One backend per test binary: SecantusDB (or `$MONGOD_URI`) with the
+/// [`WRITER`] and [`READER`] users. The process ends with the test binary.
 pub fn backend_uri() -> &'static str {
     static URI: OnceLock<String> = OnceLock::new();
     URI.get_or_init(|| {
-        if let Ok(uri) = std::env::var("MONGOD_URI") {
-            return uri;
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let users = vec![
-                    BackendUser::new(WRITER.0, WRITER.1, &[("readWrite", "app")]),
-                    BackendUser::new(READER.0, READER.1, &[("read", "app")]),
-                ];
-                // A fixed folder per test binary, emptied first: the shared
-                // backend is never dropped, so it could not clean a temp dir.
-                let exe = std::env::current_exe().ok();
-                let name = exe
-                    .as_ref()
-                    .and_then(|p| p.file_stem())
-                    .map_or("tests".into(), |s| s.to_string_lossy().into_owned());
-                let data_dir =
-                    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("shared-backend-{name}"));
-                let _ = std::fs::remove_dir_all(&data_dir);
-                std::fs::create_dir_all(&data_dir).expect("backend data dir");
-                let opts = mongo_oidc_proxy_devkit::demo::secantus::SecantusOptions {
-                    secantusd: super::secantusd(),
-                    users,
-                    data_dir: Some(data_dir),
-                    port: None,
-                };
-                let running = mongo_oidc_proxy_devkit::demo::secantus::start(opts)
-                    .await
-                    .unwrap_or_else(|e| panic!("SecantusDB did not start: {e}"));
-                let _ = tx.send(running.uri.clone());
-                // Hold the server for the life of the test binary.
-                std::future::pending::<()>().await;
-                drop(running);
-            });
-        });
-        rx.recv()
-            .expect("the backend thread died before SecantusDB was up")
+        std::env::var("MONGOD_URI").unwrap_or_else(|_| {
+            backend_for_binary(vec![
+                BackendUser::new(WRITER.0, WRITER.1, &[("readWrite", "app")]),
+                BackendUser::new(READER.0, READER.1, &[("read", "app")]),
+            ])
+        })
     })
+}
+
+/// Starts a SecantusDB with `users` on a thread of its own, so it outlives
+/// every test's runtime, and returns its URI. Its data lives in a fixed
+/// folder per test binary, emptied first: the server is never dropped, so
+/// it could not clean a temporary one.
+pub fn backend_for_binary(users: Vec<BackendUser>) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let exe = std::env::current_exe().ok();
+            let name = exe
+                .as_ref()
+                .and_then(|p| p.file_stem())
+                .map_or("tests".into(), |s| s.to_string_lossy().into_owned());
+            let data_dir =
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("shared-backend-{name}"));
+            let _ = std::fs::remove_dir_all(&data_dir);
+            std::fs::create_dir_all(&data_dir).expect("backend data dir");
+            let opts = mongo_oidc_proxy_devkit::demo::secantus::SecantusOptions {
+                secantusd: super::secantusd(),
+                users,
+                data_dir: Some(data_dir),
+                port: None,
+            };
+            let running = mongo_oidc_proxy_devkit::demo::secantus::start(opts)
+                .await
+                .unwrap_or_else(|e| panic!("SecantusDB did not start: {e}"));
+            let _ = tx.send(running.uri.clone());
+            // Hold the server for the life of the test binary.
+            std::future::pending::<()>().await;
+            drop(running);
+        });
+    });
+    rx.recv()
+        .expect("the backend thread died before SecantusDB was up")
 }
 
 /// Development certificates and password files shared by the binary's tests.
@@ -105,17 +108,28 @@ fn toml_str(s: &str) -> String {
 /// The default test config: the dev IdP (prefix `test`), writers and readers
 /// granted the two backend users. `extra` is appended verbatim (more IdPs or grants).
 pub fn config_text(issuer: &str, dev_idp_fields: &str, extra: &str) -> String {
+    config_for(issuer, backend_uri(), dev_idp_fields, "", extra)
+}
+
+/// [`config_text`] in front of `backend`, with `limits` added to `[limits]`.
+pub fn config_for(
+    issuer: &str,
+    backend: &str,
+    dev_idp_fields: &str,
+    limits: &str,
+    extra: &str,
+) -> String {
     let files = shared_files();
     format!(
         "[listen]\naddress = \"127.0.0.1:0\"\ntls_cert = {cert}\ntls_key = {key}\n\n\
          [backend]\nuri = {backend}\n\n\
-         [limits]\nauth_timeout_secs = 5\n\n\
+         [limits]\nauth_timeout_secs = 5\n{limits}\n\n\
          [[identity_provider]]\nissuer = {issuer}\naudience = {aud}\nauth_name_prefix = {PREFIX:?}\nclient_id = \"test-client\"\njwks_min_quiesce_secs = 0\n{dev_idp_fields}\n\n\
          [[grant]]\nrole = \"test/writers\"\nbackend_user = {rw}\nbackend_password_file = {rwf}\n\n\
          [[grant]]\nrole = \"test/readers\"\nbackend_user = {ro}\nbackend_password_file = {rof}\n\n{extra}",
         cert = toml_str(&files.join("server.pem").display().to_string()),
         key = toml_str(&files.join("server.key").display().to_string()),
-        backend = toml_str(backend_uri()),
+        backend = toml_str(backend),
         issuer = toml_str(issuer),
         aud = toml_str(AUDIENCE),
         rw = toml_str(WRITER.0),
@@ -145,8 +159,7 @@ impl ProxyEnv {
     /// must have the [`WRITER`] and [`READER`] users.
     pub async fn start_full(backend: &str, dev_idp_fields: &str, extra: &str) -> ProxyEnv {
         ProxyEnv::launch(dev_idp_options(), |issuer| {
-            config_text(issuer, dev_idp_fields, extra)
-                .replace(&toml_str(backend_uri()), &toml_str(backend))
+            config_for(issuer, backend, dev_idp_fields, "", extra)
         })
         .await
     }
