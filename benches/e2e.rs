@@ -1108,6 +1108,9 @@ struct MemRow {
     cycles_kib: f64,
     closed_kib: f64,
     big_kib: Option<f64>,
+    /// The most backend connections open at once while the N were opened,
+    /// cycled and held.
+    backend_peak: usize,
 }
 
 async fn open_many(env: &Env, target: &Target, n: usize) -> Res<Vec<BackendConnection>> {
@@ -1125,7 +1128,13 @@ async fn open_many(env: &Env, target: &Target, n: usize) -> Res<Vec<BackendConne
         .collect()
 }
 
-async fn memory_one(env: &Env, target: &Target, n: usize, s: &Settings) -> Res<MemRow> {
+async fn memory_one(
+    env: &Env,
+    target: &Target,
+    n: usize,
+    s: &Settings,
+    backend: &canned::Canned,
+) -> Res<MemRow> {
     let pid = target.relay_pid.ok_or("memory: relay without a pid")?;
     let path = target.kind.name();
     // Warm the lazily built parts (JWKS, pools, allocator arenas) outside the baseline.
@@ -1133,6 +1142,7 @@ async fn memory_one(env: &Env, target: &Target, n: usize, s: &Settings) -> Res<M
     tokio::time::sleep(s.settle).await;
     let base = rss_kib(pid);
     let per = |rss: u64| (rss as f64 - base as f64) / n as f64;
+    backend.reset_peak();
     let mut conns = open_many(env, target, n).await?;
     tokio::time::sleep(s.settle).await;
     let open_kib = per(rss_kib(pid));
@@ -1143,6 +1153,7 @@ async fn memory_one(env: &Env, target: &Target, n: usize, s: &Settings) -> Res<M
         tokio::time::sleep(s.settle).await;
     }
     let cycles_kib = per(rss_kib(pid));
+    let backend_peak = backend.peak.load(std::sync::atomic::Ordering::SeqCst);
     let mut big_kib = None;
     let sample = s.mem_big.min(n);
     if sample > 0 {
@@ -1168,6 +1179,7 @@ async fn memory_one(env: &Env, target: &Target, n: usize, s: &Settings) -> Res<M
         cycles_kib,
         closed_kib: per(rss_kib(pid)),
         big_kib,
+        backend_peak,
     })
 }
 
@@ -1313,10 +1325,10 @@ fn memory_table(rows: &[MemRow], s: &Settings) -> String {
     );
     let _ = writeln!(
         out,
-        "| relay | N | RSS before (MiB) | open | after {} cycles | after 16 MiB | after closing all |",
+        "| relay | N | RSS before (MiB) | open | after {} cycles | after 16 MiB | after closing all | backend connections (most at once) |",
         s.mem_cycles
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let big = r.big_kib.map_or("-".into(), |b| {
             let sample = s.mem_big.min(r.n).max(1) as f64;
@@ -1327,13 +1339,14 @@ fn memory_table(rows: &[MemRow], s: &Settings) -> String {
         });
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {big} | {:.1} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {big} | {:.1} | {} |",
             r.path.name(),
             r.n,
             r.base_mib,
             r.open_kib,
             r.cycles_kib,
-            r.closed_kib
+            r.closed_kib,
+            r.backend_peak
         );
     }
     out
@@ -1569,7 +1582,7 @@ fn run(mut settings: Settings) -> Res<()> {
                 // Fresh relays per N, so one test's leftovers are not the next one's baseline.
                 let relays = start_relays(&env, canned.port, &format!("mem{n}")).await?;
                 for t in relays.targets(&env, canned.port).iter().filter(|t| t.kind != PathKind::Direct) {
-                    mem_rows.push(memory_one(&env, t, n, s).await?);
+                    mem_rows.push(memory_one(&env, t, n, s, &canned).await?);
                     eprintln!("e2e: memory {} N={n} done ({:.0?})", t.kind.name(), started.elapsed());
                 }
             }

@@ -803,3 +803,49 @@ async fn check_refuses_a_missing_admin_token_naming_the_field() {
     );
     assert!(stderr.contains(&want), "{stderr}");
 }
+
+#[tokio::test]
+async fn sessions_show_the_cursors_and_logical_sessions_each_connection_holds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = ProxyEnv::start_with(&admin_section(dir.path(), TOKEN)).await;
+    let http = Http::of(&env);
+    let (mut alice, _) = signed_in(&env, "alice", &["writers"]).await;
+    let lsid = rawdoc! { "id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: rand::random::<[u8; 16]>().to_vec() } };
+    let coll = format!("pins_{:08x}", rand::random::<u32>());
+    assert!(is_ok(
+        &alice
+            .command(rawdoc! { "insert": coll.as_str(), "documents": [{ "i": 1 }, { "i": 2 }, { "i": 3 }], "$db": "app" })
+            .await
+    ));
+    let pins = |list: &Value| {
+        let a = session_of(list, "test/alice");
+        (
+            a["cursors"].clone(),
+            a["logical_sessions"].clone(),
+            a["in_transaction"].clone(),
+        )
+    };
+    let list: Value = serde_json::from_str(&http.text("GET", "/admin/sessions").await).unwrap();
+    assert_eq!(pins(&list), (json!(0), json!(0), json!(false)));
+
+    // A cursor left open, in a transaction of a logical session.
+    let r = alice
+        .command(rawdoc! {
+            "find": coll.as_str(), "batchSize": 1, "lsid": lsid.clone(), "txnNumber": 1_i64,
+            "autocommit": false, "startTransaction": true, "$db": "app",
+        })
+        .await;
+    assert!(is_ok(&r), "{r:?}");
+    let list: Value = serde_json::from_str(&http.text("GET", "/admin/sessions").await).unwrap();
+    assert_eq!(pins(&list), (json!(1), json!(1), json!(true)));
+
+    let r = alice
+        .command(rawdoc! {
+            "commitTransaction": 1, "lsid": lsid, "txnNumber": 1_i64, "autocommit": false, "$db": "admin",
+        })
+        .await;
+    assert!(is_ok(&r), "{r:?}");
+    let list: Value = serde_json::from_str(&http.text("GET", "/admin/sessions").await).unwrap();
+    assert_eq!(pins(&list), (json!(1), json!(1), json!(false)));
+    env.stop().await;
+}

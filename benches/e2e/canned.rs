@@ -14,6 +14,7 @@
 //! Every reply but SCRAM's is encoded once at start-up; answering costs one
 //! copy and a patched `responseTo`. Nothing is stored.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -100,6 +101,27 @@ impl Replies {
 
 pub struct Canned {
     pub port: u16,
+    /// Connections open now and the most open at once since the last
+    /// [`Canned::reset_peak`]: what a relay holds on its backend.
+    pub open: Arc<AtomicUsize>,
+    pub peak: Arc<AtomicUsize>,
+}
+
+impl Canned {
+    /// Starts a new peak from the connections open now.
+    pub fn reset_peak(&self) {
+        self.peak
+            .store(self.open.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+/// Counts a served connection as open until it is dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Listens on a free loopback port and serves until the runtime ends.
@@ -117,13 +139,23 @@ pub async fn start(user: &str, password: &str) -> Canned {
     let replies = Arc::new(Replies::new());
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind canned");
     let port = listener.local_addr().expect("local addr").port();
+    let open = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (counts, most) = (Arc::clone(&open), Arc::clone(&peak));
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
             let _ = sock.set_nodelay(true);
-            tokio::spawn(serve(sock, Arc::clone(&keys), Arc::clone(&replies)));
+            let now = counts.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            let counted = Counted(Arc::clone(&counts));
+            let (keys, replies) = (Arc::clone(&keys), Arc::clone(&replies));
+            tokio::spawn(async move {
+                serve(sock, keys, replies).await;
+                drop(counted);
+            });
         }
     });
-    Canned { port }
+    Canned { port, open, peak }
 }
 
 /// SCRAM conversation state between `saslStart` and `saslContinue`.

@@ -312,6 +312,12 @@ impl<C: Send + 'static> Pool<C> {
         self.inner.stats.snapshot()
     }
 
+    /// Identifies the pool (tests compare two handles).
+    #[cfg(test)]
+    pub(crate) fn stats_handle(&self) -> Arc<impl Sized> {
+        Arc::clone(&self.inner)
+    }
+
     /// Leases a connection: an idle one (newest first), else a new one from
     /// `connect` while fewer than `max_size` exist. Waits at most the
     /// checkout timeout in all.

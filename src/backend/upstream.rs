@@ -310,6 +310,61 @@ impl Backend {
 mod tests {
     use super::*;
 
+    fn backend() -> Backend {
+        let config = crate::config::BackendConfig {
+            uri: "mongodb://127.0.0.1:1/".into(),
+            auth_source: "admin".into(),
+            connect_timeout_ms: 100,
+            pool: Default::default(),
+        };
+        Backend::new(&config).unwrap()
+    }
+
+    #[test]
+    fn a_pool_is_found_again_by_host_user_and_password() {
+        let b = backend();
+        let host = ("db1".to_string(), 27017);
+        let rw = Target {
+            user: "app_rw",
+            password: "pw",
+        };
+        let p1 = b.pools.get_or_create(&host, rw);
+        let p2 = b.pools.get_or_create(&host, rw);
+        assert!(Arc::ptr_eq(&p1.stats_handle(), &p2.stats_handle()));
+        let changed = Target {
+            password: "new",
+            ..rw
+        };
+        b.pools.get_or_create(&host, changed);
+        b.pools.get_or_create(&("db2".to_string(), 27017), rw);
+        assert_eq!(b.pools.all().len(), 3);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_pools_of_users_a_grant_still_names_and_retires_the_others() {
+        let b = backend();
+        let host = ("db1".to_string(), 27017);
+        let rw = Target {
+            user: "app_rw",
+            password: "pw",
+        };
+        let ro = Target {
+            user: "app_ro",
+            password: "pw",
+        };
+        let kept = b.pools.get_or_create(&host, rw);
+        b.pools.get_or_create(&host, ro);
+        // app_ro is gone from the grants, app_rw's password unchanged.
+        b.retain_users([("app_rw", "pw")]);
+        let left = b.pools.all();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0.user, "app_rw");
+        assert!(Arc::ptr_eq(&left[0].1.stats_handle(), &kept.stats_handle()));
+        // A changed password is another identity: its old pool is retired.
+        b.retain_users([("app_rw", "rotated")]);
+        assert!(b.pools.all().is_empty());
+    }
+
     #[test]
     fn pooled_connections_name_the_proxy_and_the_pool_user() {
         assert_eq!(pool_app_name("app_rw"), "mongo-oidc-proxy:app_rw");

@@ -9,7 +9,7 @@
 //! relay path takes no lock here.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,6 +64,10 @@ struct Entry {
     commands: AtomicU64,
     bytes_from_client: AtomicU64,
     bytes_to_client: AtomicU64,
+    /// What the connection holds on the backend ([`SessionHandle::set_pins`]).
+    cursors: AtomicU64,
+    logical_sessions: AtomicU64,
+    in_transaction: AtomicBool,
     /// Written on sign-in and expiry only.
     sign_in: Mutex<Option<SignInView>>,
 }
@@ -92,6 +96,12 @@ pub struct SessionView {
     pub commands: u64,
     pub bytes_from_client: u64,
     pub bytes_to_client: u64,
+    /// Backend cursors this connection holds (opened or continued).
+    pub cursors: u64,
+    /// Logical sessions (lsid) this connection has used.
+    pub logical_sessions: u64,
+    /// Its last command was a statement of a transaction still open.
+    pub in_transaction: bool,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -130,6 +140,9 @@ impl Entry {
             commands: self.commands.load(Ordering::Relaxed),
             bytes_from_client: self.bytes_from_client.load(Ordering::Relaxed),
             bytes_to_client: self.bytes_to_client.load(Ordering::Relaxed),
+            cursors: self.cursors.load(Ordering::Relaxed),
+            logical_sessions: self.logical_sessions.load(Ordering::Relaxed),
+            in_transaction: self.in_transaction.load(Ordering::Relaxed),
         }
     }
 }
@@ -154,6 +167,9 @@ impl SessionRegistry {
             commands: AtomicU64::new(0),
             bytes_from_client: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
+            cursors: AtomicU64::new(0),
+            logical_sessions: AtomicU64::new(0),
+            in_transaction: AtomicBool::new(false),
             sign_in: Mutex::new(None),
         });
         self.sessions.insert(conn.id, entry.clone());
@@ -247,6 +263,16 @@ impl SessionHandle {
     }
 
     /// `bytes` were sent to the client.
+    /// What the connection holds on the backend now: cursors, logical
+    /// sessions, and whether it is inside an open transaction.
+    pub fn set_pins(&self, cursors: usize, logical_sessions: usize, in_transaction: bool) {
+        let e = &self.entry;
+        e.cursors.store(cursors as u64, Ordering::Relaxed);
+        e.logical_sessions
+            .store(logical_sessions as u64, Ordering::Relaxed);
+        e.in_transaction.store(in_transaction, Ordering::Relaxed);
+    }
+
     pub fn count_out(&self, bytes: u64) {
         self.entry
             .bytes_to_client

@@ -537,6 +537,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ownership.ended_session(key);
             self.held.sessions.remove(key);
         }
+        let in_transaction = claim
+            .session
+            .is_some_and(|key| ownership.open_transaction(&key).is_some());
+        self.listed.set_pins(
+            self.held.cursors.len(),
+            self.held.sessions.len(),
+            in_transaction,
+        );
     }
 
     /// A sign-in (or re-authentication) decides whose cursors and sessions
