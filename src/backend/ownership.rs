@@ -171,9 +171,9 @@ impl Ownership {
         self.cursors.remove(&id);
     }
 
-    /// The namespace a tracked cursor was opened on.
-    pub fn cursor_ns(&self, id: i64) -> Option<String> {
-        self.cursors.get(&id).map(|c| c.ns.clone())
+    /// Whether `owner` holds cursor `id` (it is open and theirs).
+    pub fn owns_cursor(&self, id: i64, owner: &Owner) -> bool {
+        self.cursors.get(&id).is_some_and(|c| c.owner == *owner)
     }
 
     /// A request of `owner` on `conn` carries `lsid`: allowed for a new
@@ -300,6 +300,7 @@ mod tests {
         let t = Ownership::default();
         let (alice, bob) = (owner("okta/alice\0app"), owner("okta/bob\0app"));
         assert!(t.opened_cursor(42, "app.c", &alice, 1));
+        assert!(t.owns_cursor(42, &alice) && !t.owns_cursor(42, &bob));
         assert_eq!(t.use_cursor(42, &alice, 2), Ok(()));
         assert_eq!(t.use_cursor(42, &bob, 3), Err(Refusal::CursorNotFound(42)));
         assert_eq!(t.use_cursor(7, &alice, 1), Err(Refusal::CursorNotFound(7)));

@@ -45,6 +45,30 @@ pub(super) struct Held {
     pub target: Option<Arc<BackendIdentity>>,
     pub cursors: HashSet<i64>,
     pub sessions: HashSet<SessionKey>,
+    /// The sets' size at which they are next pruned ([`Held::prune`]).
+    prune_at: usize,
+}
+
+/// Below this many entries a connection's sets are not pruned.
+const PRUNE_FROM: usize = 64;
+
+impl Held {
+    /// Forgets the cursors and sessions another connection of the same
+    /// principal closed or ended meanwhile, so that a long-lived connection
+    /// holds as many entries as are really open; the next pruning waits
+    /// until the sets have doubled.
+    fn prune(&mut self, ownership: &Ownership) {
+        let Some(owner) = &self.owner else {
+            return;
+        };
+        if self.cursors.len() + self.sessions.len() < self.prune_at.max(PRUNE_FROM) {
+            return;
+        }
+        self.cursors.retain(|id| ownership.owns_cursor(*id, owner));
+        self.sessions
+            .retain(|key| ownership.owns_session(key, owner));
+        self.prune_at = 2 * (self.cursors.len() + self.sessions.len());
+    }
 }
 
 /// What the checks before the lease found.
@@ -537,6 +561,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ownership.ended_session(key);
             self.held.sessions.remove(key);
         }
+        self.held.prune(&ownership);
         let in_transaction = claim
             .session
             .is_some_and(|key| ownership.open_transaction(&key).is_some());
@@ -663,4 +688,129 @@ async fn run_cleanup(
     }
     lease.exchange_done();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::spec::BinarySubtype;
+    use bson::Binary;
+
+    fn lsid(n: u8) -> RawDocumentBuf {
+        rawdoc! { "id": Binary { subtype: BinarySubtype::Uuid, bytes: vec![n; 16] } }
+    }
+
+    fn command(body: &RawDocumentBuf) -> Command<'_> {
+        let name = body.iter().next().unwrap().unwrap().0.as_str();
+        Command {
+            name,
+            target: None,
+            body,
+            db: Some("admin"),
+            lsid: None,
+            txn_number: None,
+            autocommit: None,
+            start_transaction: None,
+            cursors: wire::Cursors::None,
+        }
+    }
+
+    #[test]
+    fn end_sessions_keeps_only_the_callers_sessions_and_the_rest_of_the_command() {
+        let ownership = Ownership::default();
+        let (alice, bob) = (owner_of("test/alice", "app"), owner_of("test/bob", "app"));
+        ownership.use_session(&lsid(1), &alice, 1).unwrap();
+        ownership.use_session(&lsid(2), &bob, 2).unwrap();
+        let body = rawdoc! { "endSessions": [lsid(1), lsid(2), lsid(3), 7], "$db": "admin" };
+        let c = command(&body);
+        let (kept, keys, dropped) = own_sessions(&c, &ownership, &alice).unwrap();
+        assert_eq!(keys, vec![[1u8; 16]]);
+        assert!(
+            dropped,
+            "bob's, an unknown one and a non-document were dropped"
+        );
+        let rebuilt = with_list(&c, kept).unwrap();
+        assert_eq!(
+            rebuilt,
+            rawdoc! { "endSessions": [lsid(1)], "$db": "admin" }
+        );
+        // Only the caller's: nothing dropped, the command goes out unchanged.
+        let body = rawdoc! { "endSessions": [lsid(1)], "$db": "admin" };
+        let (_, _, dropped) = own_sessions(&command(&body), &ownership, &alice).unwrap();
+        assert!(!dropped);
+    }
+
+    #[test]
+    fn a_connections_sets_forget_what_other_connections_closed_once_they_grow() {
+        let ownership = Ownership::default();
+        let alice = owner_of("test/alice", "app");
+        let mut held = Held {
+            owner: Some(Arc::clone(&alice)),
+            ..Held::default()
+        };
+        for id in 1..=PRUNE_FROM as i64 {
+            ownership.opened_cursor(id, "app.c", &alice, 1);
+            held.cursors.insert(id);
+        }
+        // Another connection exhausted all but one.
+        for id in 2..=PRUNE_FROM as i64 {
+            ownership.closed_cursor(id);
+        }
+        held.prune(&ownership);
+        assert_eq!(held.cursors.iter().copied().collect::<Vec<_>>(), vec![1]);
+        // Small sets are left alone until they reach PRUNE_FROM again.
+        ownership.closed_cursor(1);
+        held.prune(&ownership);
+        assert_eq!(held.cursors.len(), 1);
+    }
+
+    #[test]
+    fn refusals_tell_the_client_what_mongod_would_and_nothing_of_the_backend() {
+        let cases = [
+            (Refusal::CursorNotFound(7), 43, "cursor id 7 not found"),
+            (
+                Refusal::SessionOfAnother,
+                13,
+                "Cannot use this logical session: it belongs to another user",
+            ),
+            (
+                Refusal::BadLsid,
+                2,
+                "lsid must be a document whose id is a 16-byte UUID",
+            ),
+            (
+                Refusal::TooManySessions,
+                261,
+                "too many logical sessions are open through mongo-oidc-proxy; end unused ones",
+            ),
+        ];
+        for (refusal, code, text) in cases {
+            let e = refusal_error(refusal);
+            assert_eq!((e.code, e.errmsg.as_str()), (code, text));
+        }
+        let timeout = LeaseError::Timeout {
+            ms: 5000,
+            pool: "pool db1:27017 as app_rw".into(),
+        };
+        let e = lease_refusal(&timeout);
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (
+                89,
+                "mongo-oidc-proxy found no free backend connection within 5000 ms"
+            )
+        );
+        let waiters = LeaseError::TooManyWaiters {
+            waiters: 1000,
+            pool: "pool db1:27017 as app_rw".into(),
+        };
+        assert_eq!(lease_refusal(&waiters).code, 89);
+        let down = LeaseError::Backend(BackendError::ConnectRefused {
+            addr: "db1:27017".into(),
+        });
+        assert_eq!(
+            lease_refusal(&down).errmsg,
+            "mongo-oidc-proxy cannot reach its backend"
+        );
+    }
 }
