@@ -297,9 +297,8 @@ impl Backend {
         self.connect_for(user, password, None).await
     }
 
-    /// [`Backend::connect_as`] for a connection that serves one client
-    /// session: its hello names the client's application (`appName`), so
-    /// the backend's logs and `$currentOp` show whose commands these are.
+    /// [`Backend::connect_as`] whose hello names an application
+    /// (`appName`), which the backend's logs and `$currentOp` show.
     pub async fn connect_for(
         &self,
         user: &str,
